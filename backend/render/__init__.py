@@ -1,0 +1,1 @@
+"""Rasterisation and silhouettes of meshes for pinhole cameras."""
