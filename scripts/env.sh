@@ -11,18 +11,23 @@ venv="${AVATAR_VENV:-$cache/venv-$key}"
 python="${PYTHON:-python3.11}"
 command -v "$python" >/dev/null 2>&1 || python=python3
 
+mkdir -p "$cache"
+exec 9>"$cache/.env.lock"
+flock 9  # two runs at once (tests + demo) must not build the same environment together
 if [ ! -f "$venv/.complete" ]; then
     echo "[env] creating $venv (first run on this machine: a few minutes)" >&2
     rm -rf "$venv"
-    mkdir -p "$cache"
     "$python" -m venv "$venv"
-    "$venv/bin/python" -m pip install --quiet --upgrade pip >&2
-    # (the grep hides pip noise about local mirror folders this machine does not have)
-    "$venv/bin/python" -m pip install --quiet -r "$root/requirements.lock" 2>&1 \
-        | grep -v "is ignored: it is neither a file nor a directory" >&2 || true
-    "$venv/bin/python" -c "import torch, smplx, open_clip, cv2, zmq, msgpack" >&2
+    log="$cache/install-$key.log"
+    if ! { "$venv/bin/python" -m pip install --upgrade pip &&
+           "$venv/bin/python" -m pip install -r "$root/requirements.lock"; } >"$log" 2>&1; then
+        tail -n 30 "$log" >&2
+        echo "[env] installing the pinned environment failed; full log: $log" >&2
+        exit 1
+    fi
     touch "$venv/.complete"   # only a finished install is ever reused
 fi
+flock -u 9
 
 export PATH="$venv/bin:$PATH"
 export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"

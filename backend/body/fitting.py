@@ -1,0 +1,172 @@
+"""Refine body parameters so the body's silhouette matches the person's mask.
+
+The starting parameters come from a params file (often made for real SMPL, so shape and
+translation do not quite fit the open body) or from an artist's rough pose. We optimise
+global orientation, translation, body pose and shape against a soft silhouette, coarse to
+fine (a low resolution first: the body's edges are then wide and the basin of attraction
+large), with priors that keep the body plausible.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable
+
+import numpy as np
+import torch
+
+from backend.body.model import BodyModel
+from backend.render.raster import camera_tensors, hard_silhouette, soft_silhouette
+from shared.camera import PinholeCamera
+from shared.smpl import JOINT_INDEX
+
+
+@dataclasses.dataclass(frozen=True)
+class FitStage:
+    resolution: int        # long side of the working image, pixels
+    iterations: int
+    lr: float
+    optimise_pose: bool    # body pose (global orientation + translation are always optimised)
+    optimise_shape: bool
+    sigma: float = 1.0     # soft-edge width, pixels at this resolution
+
+
+@dataclasses.dataclass(frozen=True)
+class FitConfig:
+    stages: tuple[FitStage, ...]
+    pose_prior: float = 1e-3      # keeps the body pose near the given one (an artist's intent)
+    joint_limit: float = 1.0      # knees and elbows bend one way only
+    shape_prior: float = 1e-3     # betas are in phenotype steps; stay near the average body
+    mask_mse: float = 1.0         # alongside 1 - soft IoU: pulls stray pixels in or out
+
+    @classmethod
+    def preset(cls, name: str) -> "FitConfig":
+        try:
+            return FIT_PRESETS[name]
+        except KeyError:
+            raise ValueError(f"unknown fit preset {name!r}; choose one of {sorted(FIT_PRESETS)}") from None
+
+
+FIT_PRESETS = {
+    "quick": FitConfig(stages=(
+        FitStage(64, 60, 0.03, optimise_pose=False, optimise_shape=False),
+        FitStage(128, 100, 0.02, optimise_pose=True, optimise_shape=True),
+        FitStage(192, 60, 0.008, optimise_pose=True, optimise_shape=True),
+    )),
+    "full": FitConfig(stages=(
+        FitStage(64, 100, 0.03, optimise_pose=False, optimise_shape=False),
+        FitStage(128, 200, 0.02, optimise_pose=True, optimise_shape=True),
+        FitStage(256, 150, 0.008, optimise_pose=True, optimise_shape=True),
+        FitStage(384, 80, 0.004, optimise_pose=True, optimise_shape=True),
+    )),
+}
+
+
+@dataclasses.dataclass
+class FitResult:
+    pose: np.ndarray     # (72,)
+    betas: np.ndarray    # (num_betas,)
+    transl: np.ndarray   # (3,)
+    iou_before: float
+    iou_after: float
+    history: list[dict]  # per logged iteration: stage, iteration, loss, soft_iou
+
+
+def silhouette_iou(body: BodyModel, pose, betas, transl, mask: np.ndarray, camera: PinholeCamera) -> float:
+    """IoU of the body's hard silhouette and mask > 0.5, at the mask's resolution."""
+    with torch.no_grad():
+        verts = body(pose, betas, transl).vertices
+        K, R, t = camera_tensors(camera, verts.device, verts.dtype)
+        sil = hard_silhouette(verts, body.faces, K, R, t, camera.height, camera.width)[0].cpu().numpy()
+    target = mask > 0.5
+    union = np.logical_or(sil, target).sum()
+    return float(np.logical_and(sil, target).sum() / union) if union else 0.0
+
+
+def _resize_mask(mask: np.ndarray, camera: PinholeCamera, long_side: int):
+    """Area-average the mask down to the stage's resolution, with the matching camera."""
+    import cv2
+
+    factor = min(1.0, long_side / max(camera.width, camera.height))
+    cam = camera.scaled(factor)
+    small = cv2.resize(mask.astype(np.float32), (cam.width, cam.height), interpolation=cv2.INTER_AREA)
+    return torch.from_numpy(small), cam
+
+
+def _joint_limit_penalty(body_pose: torch.Tensor) -> torch.Tensor:
+    """Hinge joints (knees, elbows) rotate about one axis and one way only.
+
+    SMPL frames at rest: a knee flexes with a positive rotation about +X; the left elbow with
+    a negative rotation about +Y and the right elbow with a positive one. Rotation about the
+    other axes of a hinge, and bending the wrong way, are penalised quadratically."""
+    pose = body_pose.reshape(-1, 23, 3)  # body_pose starts at joint 1
+    terms = []
+    for name, axis, sign in (("left_knee", 0, 1.0), ("right_knee", 0, 1.0),
+                             ("left_elbow", 1, -1.0), ("right_elbow", 1, 1.0)):
+        r = pose[:, JOINT_INDEX[name] - 1]
+        others = [a for a in range(3) if a != axis]
+        terms.append(torch.relu(-sign * r[:, axis]) ** 2 + 0.5 * (r[:, others] ** 2).sum(-1))
+    return torch.stack(terms, -1).sum(-1).mean()
+
+
+def fit_body_to_mask(body: BodyModel, mask: np.ndarray, camera: PinholeCamera, pose0, betas0=None,
+                     transl0=None, config: FitConfig | None = None,
+                     progress: Callable[[dict], None] | None = None) -> FitResult:
+    """Optimise global orientation, translation, body pose and shape to the mask (H, W) in [0, 1]."""
+    config = config or FitConfig.preset("quick")
+    if mask.shape != (camera.height, camera.width):
+        raise ValueError(f"mask is {mask.shape[1]}x{mask.shape[0]} but the camera is {camera.width}x{camera.height}")
+    dtype = torch.float32
+    pose0 = torch.as_tensor(np.asarray(pose0, dtype=np.float32).reshape(72))
+    betas0 = torch.zeros(body.num_betas) if betas0 is None else torch.as_tensor(np.asarray(betas0, np.float32))
+    transl0 = torch.zeros(3) if transl0 is None else torch.as_tensor(np.asarray(transl0, np.float32).reshape(3))
+    iou_before = silhouette_iou(body, pose0, betas0, transl0, mask, camera)
+
+    global_orient = pose0[:3].clone().requires_grad_(True)
+    body_pose = pose0[3:].clone().requires_grad_(True)
+    betas = betas0.clone().requires_grad_(True)
+    transl = transl0.clone().requires_grad_(True)
+    faces = body.faces
+    history: list[dict] = []
+
+    for s, stage in enumerate(config.stages):
+        target, cam = _resize_mask(mask, camera, stage.resolution)
+        K, R, t = camera_tensors(cam, torch.device("cpu"), dtype)
+        params = [global_orient, transl]
+        if stage.optimise_pose:
+            params.append(body_pose)
+        if stage.optimise_shape:
+            params.append(betas)
+        opt = torch.optim.Adam(params, lr=stage.lr)
+        for it in range(stage.iterations):
+            opt.zero_grad(set_to_none=True)
+            pose = torch.cat([global_orient, body_pose])
+            verts = body(pose, betas, transl).vertices
+            alpha = soft_silhouette(verts, faces, K, R, t, cam.height, cam.width, sigma=stage.sigma)[0]
+            inter = (alpha * target).sum()
+            soft_iou = inter / (alpha.sum() + target.sum() - inter + 1e-6)
+            loss = (1.0 - soft_iou) + config.mask_mse * ((alpha - target) ** 2).mean()
+            loss = loss + config.pose_prior * ((body_pose - pose0[3:]) ** 2).sum()
+            loss = loss + config.joint_limit * _joint_limit_penalty(body_pose)
+            loss = loss + config.shape_prior * (betas ** 2).sum()
+            loss.backward()
+            opt.step()
+            if it % 10 == 0 or it == stage.iterations - 1:
+                record = {"stage": s, "iteration": it, "loss": float(loss), "soft_iou": float(soft_iou)}
+                history.append(record)
+                if progress:
+                    progress(record)
+
+    pose = torch.cat([global_orient, body_pose]).detach()
+    iou_after = silhouette_iou(body, pose, betas.detach(), transl.detach(), mask, camera)
+    return FitResult(pose.numpy().astype(np.float64), betas.detach().numpy().astype(np.float64),
+                     transl.detach().numpy().astype(np.float64), iou_before, iou_after, history)
+
+
+def wrap_angles(pose: np.ndarray) -> np.ndarray:
+    """Axis-angle vectors with angle in [0, pi] (the same rotations), for tidy output files."""
+    aa = np.asarray(pose, dtype=np.float64).reshape(-1, 3).copy()
+    angle = np.linalg.norm(aa, axis=1)
+    big = angle > math.pi
+    aa[big] *= (1.0 - 2.0 * math.pi / angle[big])[:, None]
+    return aa.reshape(-1)

@@ -1,0 +1,78 @@
+"""A person mask for a photo that has none: OpenCV GrabCut seeded by the projected body.
+
+The body model's silhouette says roughly where the person is: deep inside it is surely the
+person, far outside surely background, and a band around its edge is for GrabCut's colour
+models to decide (clothes and hair extend past the naked body).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import cv2
+import numpy as np
+
+from backend.errors import InputError
+
+WORK_SIDE = 768          # GrabCut is O(pixels x iterations): run it at most this large
+UNRELIABLE_IOU = 0.6     # below this agreement with the body the mask is reported as unreliable
+
+
+@dataclasses.dataclass
+class MaskResult:
+    mask: np.ndarray        # (H, W) float32 in {0, 1}
+    iou_with_body: float
+    reliable: bool
+    warnings: list[str]
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 0.0
+
+
+def grabcut_mask(image: np.ndarray, body_silhouette: np.ndarray, iterations: int = 5) -> MaskResult:
+    """image (H, W, 3) float in [0, 1]; body_silhouette (H, W) bool from the initial parameters."""
+    H, W = body_silhouette.shape
+    if image.shape[:2] != (H, W):
+        raise ValueError(f"image {image.shape[:2]} and silhouette {(H, W)} differ in size")
+    if body_silhouette.sum() < 16:
+        raise InputError("cannot derive a person mask: the body parameters place the body outside the "
+                         "photo (its silhouette covers < 16 pixels); check the camera and global_t, "
+                         "or give a mask image")
+    scale = min(1.0, WORK_SIDE / max(H, W))
+    size = (max(1, round(W * scale)), max(1, round(H * scale)))
+    img = cv2.resize((np.clip(image, 0, 1) * 255).astype(np.uint8), size, interpolation=cv2.INTER_AREA)
+    sil = cv2.resize(body_silhouette.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)
+
+    ys, xs = np.nonzero(sil)
+    extent = max(ys.ptp(), xs.ptp()) + 1  # body size in working pixels
+    def disk(radius):
+        r = max(1, int(round(radius)))
+        return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+    sure_fg = cv2.erode(sil, disk(0.02 * extent))
+    maybe_bg = cv2.dilate(sil, disk(0.12 * extent))
+    seed = np.full(sil.shape, cv2.GC_BGD, np.uint8)
+    seed[maybe_bg > 0] = cv2.GC_PR_BGD
+    seed[sil > 0] = cv2.GC_PR_FGD
+    seed[sure_fg > 0] = cv2.GC_FGD
+
+    bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    cv2.setRNGSeed(0)  # GrabCut's GMM initialisation is random: keep masks reproducible
+    cv2.grabCut(cv2.cvtColor(img, cv2.COLOR_RGB2BGR), seed, None, bgd, fgd, iterations, cv2.GC_INIT_WITH_MASK)
+    small = np.isin(seed, (cv2.GC_FGD, cv2.GC_PR_FGD)).astype(np.uint8)
+    # Keep the component(s) touching the sure foreground: drop background specks.
+    n, labels = cv2.connectedComponents(small)
+    keep = np.unique(labels[(sure_fg > 0) & (small > 0)])
+    small = np.isin(labels, keep[keep > 0]).astype(np.uint8)
+    mask = cv2.resize(small, (W, H), interpolation=cv2.INTER_NEAREST).astype(bool)
+
+    iou = _iou(mask, body_silhouette)
+    warnings = []
+    area_ratio = mask.sum() / body_silhouette.sum()
+    if iou < UNRELIABLE_IOU:
+        warnings.append(f"the GrabCut mask agrees poorly with the body (IoU {iou:.2f} < {UNRELIABLE_IOU}); "
+                        "the background may resemble the person, or the body parameters are off: "
+                        "give a mask image for a reliable result")
+    if not 0.5 <= area_ratio <= 2.5:
+        warnings.append(f"the GrabCut mask covers {area_ratio:.1f}x the body's area; check it before fitting")
+    return MaskResult(mask.astype(np.float32), iou, not warnings, warnings)
