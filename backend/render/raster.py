@@ -61,45 +61,55 @@ def _triangles(vertices, faces, K, R, t):
 def _pair_chunks(tri: torch.Tensor, ok: torch.Tensor, margin: float, height: int, width: int):
     """Yield (triangle ids, pixel x, pixel y) for pixel centres within `margin` pixels of each
     triangle's bounding box, in chunks of about PAIR_BUDGET pairs."""
-    with torch.no_grad():
-        lo = tri.min(1).values - margin - 0.5
-        hi = tri.max(1).values + margin - 0.5
-        x0 = lo[:, 0].ceil().clamp(min=0)
-        y0 = lo[:, 1].ceil().clamp(min=0)
-        x1 = hi[:, 0].floor().clamp(max=width - 1)
-        y1 = hi[:, 1].floor().clamp(max=height - 1)
-        nx = (x1 - x0 + 1).clamp(min=0)
-        ny = (y1 - y0 + 1).clamp(min=0)
-        count = torch.where(ok, nx * ny, torch.zeros_like(nx)).long()
-        ids = torch.nonzero(count).squeeze(1)
-        if ids.numel() == 0:
-            return
-        count, x0, y0, nx = count[ids], x0[ids].long(), y0[ids].long(), nx[ids].long()
-        ends = count.cumsum(0)
-        start = 0
-        while start < ids.numel():
-            # take triangles until the chunk holds PAIR_BUDGET pairs (at least one triangle)
-            base = int(ends[start - 1]) if start else 0
-            stop = int(torch.searchsorted(ends, torch.tensor(base + PAIR_BUDGET, device=ends.device), right=True))
-            stop = max(stop, start + 1)
-            c = count[start:stop]
-            local = torch.arange(int(c.sum()), device=tri.device)
-            owner = torch.repeat_interleave(torch.arange(stop - start, device=tri.device), c)
-            offset = local - (c.cumsum(0) - c)[owner]
-            sel = owner + start
-            yield ids[sel], x0[sel] + offset % nx[sel], y0[sel] + offset // nx[sel]
-            start = stop
+    # Plain detached tensors, not torch.no_grad(): a generator would keep grad mode off
+    # while the caller computes between yields.
+    tri = tri.detach()
+    lo = tri.min(1).values - margin - 0.5
+    hi = tri.max(1).values + margin - 0.5
+    x0 = lo[:, 0].ceil().clamp(min=0)
+    y0 = lo[:, 1].ceil().clamp(min=0)
+    x1 = hi[:, 0].floor().clamp(max=width - 1)
+    y1 = hi[:, 1].floor().clamp(max=height - 1)
+    nx = (x1 - x0 + 1).clamp(min=0)
+    ny = (y1 - y0 + 1).clamp(min=0)
+    count = torch.where(ok, nx * ny, torch.zeros_like(nx)).long()
+    ids = torch.nonzero(count).squeeze(1)
+    if ids.numel() == 0:
+        return
+    count, x0, y0, nx = count[ids], x0[ids].long(), y0[ids].long(), nx[ids].long()
+    ends = count.cumsum(0)
+    start = 0
+    while start < ids.numel():
+        # take triangles until the chunk holds PAIR_BUDGET pairs (at least one triangle)
+        base = int(ends[start - 1]) if start else 0
+        stop = int(torch.searchsorted(ends, torch.tensor(base + PAIR_BUDGET, device=ends.device), right=True))
+        stop = max(stop, start + 1)
+        c = count[start:stop]
+        local = torch.arange(int(c.sum()), device=tri.device)
+        owner = torch.repeat_interleave(torch.arange(stop - start, device=tri.device), c)
+        offset = local - (c.cumsum(0) - c)[owner]
+        sel = owner + start
+        yield ids[sel], x0[sel] + offset % nx[sel], y0[sel] + offset // nx[sel]
+        start = stop
 
 
 def soft_silhouette(vertices: torch.Tensor, faces: torch.Tensor, K, R, t, height: int, width: int,
                     sigma: float = 1.0, margin: float | None = None) -> torch.Tensor:
-    """Differentiable silhouette (B, H, W) in [0, 1]: every triangle covers a pixel with
-    probability sigmoid(d / sigma), d the signed distance (pixels, positive inside) from the
-    pixel centre to the triangle's boundary; coverages combine as 1 - prod(1 - p)."""
+    """Differentiable silhouette (B, H, W) in [0, 1].
+
+    Each triangle covers a pixel with p = sigmoid(d / sigma), d the signed distance (pixels,
+    positive inside) from the pixel centre to the triangle's boundary. Triangles containing
+    the centre combine as 1 - prod(1 - p) (so interior pixels stay >= 0.75 across internal
+    edges), but of the triangles outside it only the nearest counts (max p): a body mesh has
+    dozens of sub-pixel triangles near every silhouette pixel, and a plain product over all
+    of them (SoftRas) would dilate the silhouette. alpha > 0.5 is then exactly the hard
+    coverage of the pixel centre."""
     margin = 3.0 * sigma if margin is None else margin
     tri, _, area, batch, _, ok = _triangles(vertices, faces, K, R, t)
     B = vertices.shape[0]
-    log_empty = torch.zeros(B * height * width, device=vertices.device, dtype=vertices.dtype)
+    n = B * height * width
+    log_empty = torch.zeros(n, device=vertices.device, dtype=vertices.dtype)  # sum log(1-p), inside
+    nearest_out = torch.zeros(n, device=vertices.device, dtype=vertices.dtype)  # max p, outside
     for tid, px, py in _pair_chunks(tri, ok, margin, height, width):
         p = torch.stack([px, py], -1).to(tri.dtype) + 0.5
         a, b, c = tri[tid, 0], tri[tid, 1], tri[tid, 2]
@@ -116,8 +126,9 @@ def soft_silhouette(vertices: torch.Tensor, faces: torch.Tensor, K, R, t, height
         dist = torch.sqrt(dist2 + 1e-12)  # safe at 0: keeps gradients finite on the edge
         prob = torch.sigmoid(torch.where(inside, dist, -dist) / sigma).clamp(max=1 - 1e-6)
         key = (batch[tid] * height + py) * width + px
-        log_empty = log_empty.index_add(0, key, torch.log1p(-prob))
-    return (1.0 - torch.exp(log_empty)).reshape(B, height, width)
+        log_empty = log_empty.index_add(0, key[inside], torch.log1p(-prob[inside]))
+        nearest_out = nearest_out.scatter_reduce(0, key[~inside], prob[~inside], reduce="amax")
+    return (1.0 - torch.exp(log_empty) * (1.0 - nearest_out)).reshape(B, height, width)
 
 
 def rasterize(vertices: torch.Tensor, faces: torch.Tensor, K, R, t, height: int, width: int):
