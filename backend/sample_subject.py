@@ -21,7 +21,8 @@ from shared.camera import PinholeCamera
 from shared.smpl import JOINT_INDEX, PART_INDEX
 
 SIZE = 512
-FOCAL = 1200.0  # pixels at 512²: a ~50 mm portrait lens on a full-frame sensor
+FOCAL = 1200.0    # pixels at 512²: a ~115 mm lens on a full-frame sensor
+DISTANCE = 4.8    # metres from the camera: the body fills ~80% of the frame height
 
 # Part colours (RGB 0..1): front / back differ on the torso (a print on the front).
 PART_COLOURS = {
@@ -96,6 +97,14 @@ def render_flat(body: BodyModel, pose, betas, transl, camera: PinholeCamera, bac
     return rgb.astype(np.float32), covered.astype(np.float32)
 
 
+def frame_body(body: BodyModel, pose, betas, distance: float) -> np.ndarray:
+    """The translation that centres the posed body in an identity camera at `distance` metres."""
+    with torch.no_grad():
+        v = body(pose, betas, None).vertices[0].numpy()
+    centre = (v.min(0) + v.max(0)) / 2.0
+    return np.array([-centre[0], -centre[1], distance - centre[2]])
+
+
 def textured_background(size: int, rng: np.random.Generator) -> np.ndarray:
     yy, xx = np.mgrid[0:size, 0:size] / size
     base = np.stack([0.55 + 0.2 * xx, 0.62 + 0.1 * yy, 0.58 - 0.1 * xx], -1)
@@ -110,7 +119,7 @@ def write_sample_subject(body: BodyModel, folder: Path, seed: int = 0) -> Path:
     pose = subject_pose()
     betas = np.zeros(body.num_betas)
     betas[: min(4, body.num_betas)] = [0.8, -0.5, 0.6, 0.4][: min(4, body.num_betas)]
-    transl = np.array([0.02, 0.10, 2.9])
+    transl = frame_body(body, pose, betas, DISTANCE)
     camera = PinholeCamera.from_focal(FOCAL, SIZE, SIZE)
     rgb, mask = render_flat(body, pose, betas, transl, camera, textured_background(SIZE, rng))
     Image.fromarray((rgb * 255).round().astype(np.uint8)).save(folder / "gt_image.png")

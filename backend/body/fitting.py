@@ -37,6 +37,7 @@ class FitConfig:
     pose_prior: float = 1e-3      # keeps the body pose near the given one (an artist's intent)
     joint_limit: float = 1.0      # knees and elbows bend one way only
     shape_prior: float = 1e-3     # betas are in phenotype steps; stay near the average body
+    depth_prior: float = 1e-2     # a silhouette cannot tell "farther" from "bigger": keep the given depth
     mask_mse: float = 1.0         # alongside 1 - soft IoU: pulls stray pixels in or out
 
     @classmethod
@@ -149,10 +150,11 @@ def fit_body_to_mask(body: BodyModel, mask: np.ndarray, camera: PinholeCamera, p
             loss = loss + config.pose_prior * ((body_pose - pose0[3:]) ** 2).sum()
             loss = loss + config.joint_limit * _joint_limit_penalty(body_pose)
             loss = loss + config.shape_prior * (betas ** 2).sum()
+            loss = loss + config.depth_prior * (transl[2] - transl0[2]) ** 2
             loss.backward()
             opt.step()
             if it % 10 == 0 or it == stage.iterations - 1:
-                record = {"stage": s, "iteration": it, "loss": float(loss), "soft_iou": float(soft_iou)}
+                record = {"stage": s, "iteration": it, "loss": loss.item(), "soft_iou": soft_iou.item()}
                 history.append(record)
                 if progress:
                     progress(record)

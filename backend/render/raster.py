@@ -58,6 +58,37 @@ def _triangles(vertices, faces, K, R, t):
     return tri, depth, area, batch, face, ok
 
 
+_EDGE_CACHE: dict = {}
+
+
+def _edge_slots(faces: torch.Tensor):
+    """For each face's 3 edges (a->b, b->c, c->a): the id of the undirected mesh edge, and
+    how many faces share each edge. Cached per faces tensor (a body's topology is fixed)."""
+    key = (faces.data_ptr(), tuple(faces.shape), faces.device)
+    if key not in _EDGE_CACHE:
+        slots = torch.stack([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]], 1).reshape(-1, 2)
+        edges, inverse, counts = torch.unique(slots.sort(-1).values, dim=0, return_inverse=True, return_counts=True)
+        _EDGE_CACHE.clear()
+        _EDGE_CACHE[key] = (inverse.reshape(-1, 3), counts, edges.shape[0])
+    return _EDGE_CACHE[key]
+
+
+def _contour_slots(area: torch.Tensor, faces: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """(B*F, 3) bool: which triangle edges lie on the view's contour: the edge is open (one
+    face) or its faces face opposite ways (their projected areas differ in sign). Only these
+    edges can be on the silhouette's outline."""
+    inverse, counts, num_edges = _edge_slots(faces)
+    F = faces.shape[0]
+    facing = torch.sign(area.detach()).reshape(batch_size, F, 1).expand(-1, -1, 3)
+    ids = (inverse[None] + num_edges * torch.arange(batch_size, device=faces.device)[:, None, None]).reshape(-1)
+    lo = torch.full((batch_size * num_edges,), 2.0, device=area.device, dtype=area.dtype)
+    hi = torch.full_like(lo, -2.0)
+    lo = lo.scatter_reduce(0, ids, facing.reshape(-1), reduce="amin")
+    hi = hi.scatter_reduce(0, ids, facing.reshape(-1), reduce="amax")
+    contour = (lo != hi) | (counts.repeat(batch_size) == 1)
+    return contour[ids].reshape(batch_size * F, 3)
+
+
 def _pair_chunks(tri: torch.Tensor, ok: torch.Tensor, margin: float, height: int, width: int):
     """Yield (triangle ids, pixel x, pixel y) for pixel centres within `margin` pixels of each
     triangle's bounding box, in chunks of about PAIR_BUDGET pairs."""
@@ -97,16 +128,20 @@ def soft_silhouette(vertices: torch.Tensor, faces: torch.Tensor, K, R, t, height
                     sigma: float = 1.0, margin: float | None = None) -> torch.Tensor:
     """Differentiable silhouette (B, H, W) in [0, 1].
 
-    Each triangle covers a pixel with p = sigmoid(d / sigma), d the signed distance (pixels,
-    positive inside) from the pixel centre to the triangle's boundary. Triangles containing
-    the centre combine as 1 - prod(1 - p) (so interior pixels stay >= 0.75 across internal
-    edges), but of the triangles outside it only the nearest counts (max p): a body mesh has
-    dozens of sub-pixel triangles near every silhouette pixel, and a plain product over all
-    of them (SoftRas) would dilate the silhouette. alpha > 0.5 is then exactly the hard
-    coverage of the pixel centre."""
+    A body mesh has dozens of sub-pixel triangles near every silhouette pixel, so a plain
+    product of per-triangle coverages (SoftRas) both dilates the outline and leaves the
+    interior near 0.75 (every pixel is close to some internal edge). Instead:
+    * outside every triangle, alpha = sigmoid(-d / sigma), d the distance to the nearest
+      triangle (only the nearest counts);
+    * inside triangles, each contributes sigmoid(d_c / sigma), d_c the distance to its own
+      contour edges (edges where the surface turns away from the camera, or open edges;
+      1 when it has none), combined as 1 - prod(1 - p).
+    Interiors are then 1, the soft band lies on the outline, and alpha > 0.5 is exactly the
+    hard coverage of the pixel centre."""
     margin = 3.0 * sigma if margin is None else margin
     tri, _, area, batch, _, ok = _triangles(vertices, faces, K, R, t)
     B = vertices.shape[0]
+    contour = _contour_slots(area, faces, B)
     n = B * height * width
     log_empty = torch.zeros(n, device=vertices.device, dtype=vertices.dtype)  # sum log(1-p), inside
     nearest_out = torch.zeros(n, device=vertices.device, dtype=vertices.dtype)  # max p, outside
@@ -115,16 +150,19 @@ def soft_silhouette(vertices: torch.Tensor, faces: torch.Tensor, K, R, t, height
         a, b, c = tri[tid, 0], tri[tid, 1], tri[tid, 2]
         sign = torch.sign(area[tid])
         inside = torch.ones_like(sign, dtype=torch.bool)
-        dist2 = None
-        for s, e in ((a, b), (b, c), (c, a)):
+        far = torch.full_like(sign, 1e12)
+        dist2, contour2 = far, far
+        for k, (s, e) in enumerate(((a, b), (b, c), (c, a))):
             edge = e - s
             rel = p - s
             inside = inside & (sign * _cross(edge, rel) >= 0)
             along = ((rel * edge).sum(-1) / (edge * edge).sum(-1).clamp(min=1e-12)).clamp(0, 1)
             d2 = ((rel - along[:, None] * edge) ** 2).sum(-1)
-            dist2 = d2 if dist2 is None else torch.minimum(dist2, d2)
-        dist = torch.sqrt(dist2 + 1e-12)  # safe at 0: keeps gradients finite on the edge
-        prob = torch.sigmoid(torch.where(inside, dist, -dist) / sigma).clamp(max=1 - 1e-6)
+            dist2 = torch.minimum(dist2, d2)
+            contour2 = torch.where(contour[tid, k], torch.minimum(contour2, d2), contour2)
+        # sqrt(x + eps): finite gradients on the edge itself
+        signed = torch.where(inside, torch.sqrt(contour2 + 1e-12), -torch.sqrt(dist2 + 1e-12))
+        prob = torch.sigmoid(signed / sigma).clamp(max=1 - 1e-6)
         key = (batch[tid] * height + py) * width + px
         log_empty = log_empty.index_add(0, key[inside], torch.log1p(-prob[inside]))
         nearest_out = nearest_out.scatter_reduce(0, key[~inside], prob[~inside], reduce="amax")
