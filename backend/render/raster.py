@@ -126,25 +126,22 @@ def _pair_chunks(tri: torch.Tensor, ok: torch.Tensor, margin: float, height: int
 
 def soft_silhouette(vertices: torch.Tensor, faces: torch.Tensor, K, R, t, height: int, width: int,
                     sigma: float = 1.0, margin: float | None = None) -> torch.Tensor:
-    """Differentiable silhouette (B, H, W) in [0, 1].
+    """Differentiable silhouette (B, H, W) in [0, 1]: alpha = sigmoid(D / sigma), D the signed
+    distance (pixels) from the pixel centre to the silhouette's outline.
 
-    A body mesh has dozens of sub-pixel triangles near every silhouette pixel, so a plain
-    product of per-triangle coverages (SoftRas) both dilates the outline and leaves the
-    interior near 0.75 (every pixel is close to some internal edge). Instead:
-    * outside every triangle, alpha = sigmoid(-d / sigma), d the distance to the nearest
-      triangle (only the nearest counts);
-    * inside triangles, each contributes sigmoid(d_c / sigma), d_c the distance to its own
-      contour edges (edges where the surface turns away from the camera, or open edges;
-      1 when it has none), combined as 1 - prod(1 - p).
-    Interiors are then 1, the soft band lies on the outline, and alpha > 0.5 is exactly the
-    hard coverage of the pixel centre."""
+    Per (triangle, pixel) pair: outside the triangle, D = -distance to the triangle; inside,
+    D = +distance to the triangle's own contour edges (edges where the surface turns away from
+    the camera, or open edges; +inf when it has none, so interiors are exactly 1). The pixel
+    takes the largest value. A body mesh has dozens of sub-pixel triangles near every
+    silhouette pixel: SoftRas's 1 - prod(1 - p) would dilate the outline and leave interiors
+    near 0.75. Here the profile is symmetric, alpha(D) + alpha(-D) = 1, so fitting a hard mask
+    is unbiased (an asymmetric profile systematically shrinks or grows the fitted body), and
+    alpha > 0.5 is exactly the hard coverage of the pixel centre."""
     margin = 3.0 * sigma if margin is None else margin
     tri, _, area, batch, _, ok = _triangles(vertices, faces, K, R, t)
     B = vertices.shape[0]
     contour = _contour_slots(area, faces, B)
-    n = B * height * width
-    log_empty = torch.zeros(n, device=vertices.device, dtype=vertices.dtype)  # sum log(1-p), inside
-    nearest_out = torch.zeros(n, device=vertices.device, dtype=vertices.dtype)  # max p, outside
+    alpha = torch.zeros(B * height * width, device=vertices.device, dtype=vertices.dtype)
     for tid, px, py in _pair_chunks(tri, ok, margin, height, width):
         p = torch.stack([px, py], -1).to(tri.dtype) + 0.5
         a, b, c = tri[tid, 0], tri[tid, 1], tri[tid, 2]
@@ -162,11 +159,9 @@ def soft_silhouette(vertices: torch.Tensor, faces: torch.Tensor, K, R, t, height
             contour2 = torch.where(contour[tid, k], torch.minimum(contour2, d2), contour2)
         # sqrt(x + eps): finite gradients on the edge itself
         signed = torch.where(inside, torch.sqrt(contour2 + 1e-12), -torch.sqrt(dist2 + 1e-12))
-        prob = torch.sigmoid(signed / sigma).clamp(max=1 - 1e-6)
         key = (batch[tid] * height + py) * width + px
-        log_empty = log_empty.index_add(0, key[inside], torch.log1p(-prob[inside]))
-        nearest_out = nearest_out.scatter_reduce(0, key[~inside], prob[~inside], reduce="amax")
-    return (1.0 - torch.exp(log_empty) * (1.0 - nearest_out)).reshape(B, height, width)
+        alpha = alpha.scatter_reduce(0, key, torch.sigmoid(signed / sigma), reduce="amax")
+    return alpha.reshape(B, height, width)
 
 
 def rasterize(vertices: torch.Tensor, faces: torch.Tensor, K, R, t, height: int, width: int):
