@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from backend.body.fitting import FitConfig, FitResult, fit_body_to_mask, wrap_angles
+from backend.body.fitting import FitConfig, FitResult, fit_body_to_mask, silhouette_iou, wrap_angles
 from backend.body.grabcut import grabcut_mask
 from backend.body.model import BodyModel, load_body_model
 from backend.inputs import BodyParams, betas_for_body, load_fit_inputs, write_params_json
@@ -48,6 +48,13 @@ def write_overlay(path: Path, image: np.ndarray, mask: np.ndarray, before: np.nd
     Image.fromarray(rgb).save(path)
 
 
+def _grabcut(image, seed, log) -> np.ndarray:
+    derived = grabcut_mask(image, seed)
+    for w in derived.warnings:
+        log(f"warning: {w}")
+    return derived.mask
+
+
 def run_body_fit(photo=None, mask=None, params=None, elicit_dir=None, body_spec="open_body",
                  preset="quick", out_dir=Path("out/fit"), log=print) -> BodyFitJobResult:
     inputs = load_fit_inputs(photo=photo, mask=mask, params=params, elicit_dir=elicit_dir)
@@ -63,22 +70,27 @@ def run_body_fit(photo=None, mask=None, params=None, elicit_dir=None, body_spec=
     out_dir.mkdir(parents=True, exist_ok=True)
 
     before = body_silhouette(body, pose0, betas0, transl0, inputs.camera)
+    config = FitConfig.preset(preset)
+    total = sum(s.iterations for s in config.stages)
+
+    def progress(rec):
+        n = sum(s.iterations for s in config.stages[: rec["stage"]]) + rec["iteration"] + 1
+        log(f"  fit {n:4d}/{total}  stage {rec['stage']}  loss {rec['loss']:.4f}  soft IoU {rec['soft_iou']:.3f}")
+
     mask_img = inputs.mask
     if mask_img is None:
         log("no mask and no alpha channel: deriving one with GrabCut seeded by the body silhouette")
-        derived = grabcut_mask(inputs.image, before)
-        for w in derived.warnings:
-            log(f"warning: {w}")
-        mask_img = derived.mask
-        Image.fromarray((mask_img * 255).astype(np.uint8)).save(out_dir / "mask.png")
-
-    config = FitConfig.preset(preset)
-    total = sum(s.iterations for s in config.stages)
-    done = {"n": 0}
-    def progress(rec):
-        done["n"] = sum(s.iterations for s in config.stages[: rec["stage"]]) + rec["iteration"] + 1
-        log(f"  fit {done['n']:4d}/{total}  stage {rec['stage']}  loss {rec['loss']:.4f}  soft IoU {rec['soft_iou']:.3f}")
+        mask_img = _grabcut(inputs.image, before, log)
     fit = fit_body_to_mask(body, mask_img, inputs.camera, pose0, betas0, transl0, config, progress=progress)
+    if inputs.mask is None:
+        # The initial pose may be far off; the fitted body is a much better GrabCut seed.
+        log("refining the GrabCut mask with the fitted body, then the fit")
+        mask_img = _grabcut(inputs.image, body_silhouette(body, fit.pose, fit.betas, fit.transl, inputs.camera), log)
+        refine = dataclasses.replace(config, stages=config.stages[-1:])
+        refined = fit_body_to_mask(body, mask_img, inputs.camera, fit.pose, fit.betas, fit.transl, refine)
+        fit = dataclasses.replace(refined, iou_before=silhouette_iou(body, pose0, betas0, transl0, mask_img, inputs.camera),
+                                  history=fit.history + refined.history)
+        Image.fromarray((mask_img * 255).astype(np.uint8)).save(out_dir / "mask.png")
     after = body_silhouette(body, fit.pose, fit.betas, fit.transl, inputs.camera)
 
     write_overlay(out_dir / "overlay.png", inputs.image, mask_img, before, after)

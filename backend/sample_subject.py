@@ -51,13 +51,13 @@ def subject_pose() -> np.ndarray:
     return pose
 
 
-def rough_estimate(pose: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """What a monocular pose estimator might return: every limb joint off by up to 0.35 rad."""
+def rough_estimate(pose: np.ndarray, rng: np.random.Generator, spread: float = 0.35) -> np.ndarray:
+    """What a monocular pose estimator might return: every limb joint off by up to `spread` rad."""
     noisy = pose.copy()
     for name in ("left_shoulder", "right_shoulder", "left_elbow", "right_elbow", "left_hip",
                  "right_hip", "left_knee", "right_knee", "spine1", "neck"):
         j = JOINT_INDEX[name]
-        noisy[3 * j: 3 * j + 3] += rng.uniform(-0.35, 0.35, 3)
+        noisy[3 * j: 3 * j + 3] += rng.uniform(-spread, spread, 3)
     noisy[0:3] += rng.uniform(-0.08, 0.08, 3)
     return noisy
 

@@ -5,7 +5,7 @@ import pytest
 from backend.body.grabcut import grabcut_mask
 from backend.body_fit_job import body_silhouette
 from backend.errors import InputError
-from backend.sample_subject import FOCAL, render_flat, rough_estimate, subject_pose, textured_background
+from backend.sample_subject import FOCAL, frame_body, render_flat, rough_estimate, subject_pose, textured_background
 from shared.camera import PinholeCamera
 
 SIZE = 256
@@ -19,9 +19,11 @@ def _iou(a, b):
 def photo(open_body):
     rng = np.random.default_rng(3)
     camera = PinholeCamera.from_focal(FOCAL * SIZE / 512, SIZE, SIZE)
-    pose, betas, transl = subject_pose(), np.array([0.8, -0.5, 0.6, 0.4, 0.0, 0.0]), np.array([0.0, 0.1, 2.9])
+    pose, betas = subject_pose(), np.array([0.8, -0.5, 0.6, 0.4, 0.0, 0.0])
+    transl = frame_body(open_body, pose, betas, 4.8)
     rgb, mask = render_flat(open_body, pose, betas, transl, camera, textured_background(SIZE, rng))
-    rough = body_silhouette(open_body, rough_estimate(pose, rng), np.zeros(6), transl + 0.02, camera)
+    # a moderately rough estimate (limb joints off by up to 0.15 rad, average shape)
+    rough = body_silhouette(open_body, rough_estimate(pose, rng, 0.15), np.zeros(6), transl + 0.02, camera)
     return rgb, mask > 0.5, rough
 
 
@@ -36,12 +38,13 @@ def test_grabcut_recovers_the_person(photo):
 
 def test_unreliable_mask_is_reported(photo):
     rgb, truth, rough = photo
-    # Seed a body where the photo shows only background: the mask cannot agree with it.
+    # The body parameters put the person where the photo shows only background.
+    ys, xs = np.nonzero(rough)
     shifted = np.zeros_like(rough)
-    shifted[:, : SIZE // 3] = rough[:, SIZE // 3: 2 * SIZE // 3]
-    flat = np.full_like(rgb, 0.5)
-    result = grabcut_mask(flat, shifted)
-    assert not result.reliable and result.warnings
+    shifted[ys, np.clip(xs + 100, 0, SIZE - 1)] = True
+    result = grabcut_mask(rgb, shifted)
+    assert not result.reliable
+    assert any("agrees poorly" in w or "area" in w for w in result.warnings)
 
 
 def test_body_outside_the_photo_is_an_input_error(photo):

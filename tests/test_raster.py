@@ -95,6 +95,138 @@ def test_part_masks_and_boxes():
     assert torch.allclose(boxes[0, 0], torch.tensor([1.0, 1.0, 6.0, 6.0]), atol=1e-4)
     assert torch.allclose(boxes[0, 1], torch.tensor([8.0, 2.0, 15.0, 11.0]), atol=1e-4)
     assert valid[0].tolist() == [True, True, False]
+    assert torch.equal(boxes[0, 2], torch.zeros(4))  # no vertex: an empty box
+    # only visible vertices count: hide part 1's right half
+    visible = torch.tensor([[True] * 6 + [False, True]])
+    boxes, valid = part_boxes(uv, torch.tensor([0, 0, 0, 0, 1, 1, 1, 1]), 3, cam.height, cam.width,
+                              visible_mask=visible, min_size=4)
+    assert torch.allclose(boxes[0, 1], torch.tensor([8.0, 2.0, 15.0, 11.0]), atol=1e-4)
+    visible = torch.tensor([[True] * 4 + [True, False, False, True]])  # left edge only: too thin
+    boxes, valid = part_boxes(uv, torch.tensor([0, 0, 0, 0, 1, 1, 1, 1]), 3, cam.height, cam.width,
+                              visible_mask=visible, min_size=4)
+    assert torch.allclose(boxes[0, 1], torch.tensor([8.0, 2.0, 8.0, 11.0]), atol=1e-4)
+    assert valid[0].tolist() == [True, False, False]
+    # a part entirely outside the image is not valid even if its clipped box is not empty
+    shifted = uv.clone()
+    shifted[0, 4:, 0] += 100.0
+    boxes, valid = part_boxes(shifted, torch.tensor([0, 0, 0, 0, 1, 1, 1, 1]), 3, cam.height, cam.width, min_size=0)
+    assert valid[0].tolist() == [True, False, False]
+
+
+def rectangle_sdf(x0, y0, x1, y1, width, height):
+    """Signed distance (positive inside) from every pixel centre to a rectangle's outline."""
+    u = np.arange(width)[None] + 0.5
+    v = np.arange(height)[:, None] + 0.5
+    dx = np.maximum(np.maximum(x0 - u, u - x1), 0.0)
+    dy = np.maximum(np.maximum(y0 - v, v - y1), 0.0)
+    outside = np.hypot(dx, dy)
+    inside = np.minimum(np.minimum(u - x0, x1 - u), np.minimum(v - y0, y1 - v))
+    return np.where(outside > 0, -outside, inside)
+
+
+def grid_mesh(x0, y0, x1, y1, z, cam, n):
+    """A rectangle tessellated into n x n quads (2n² sub-pixel triangles, like a body mesh)."""
+    K = cam.K
+    us, vs = np.meshgrid(np.linspace(x0, x1, n + 1), np.linspace(y0, y1, n + 1))
+    verts = np.stack([(us - K[0, 2]) * z / K[0, 0], (vs - K[1, 2]) * z / K[1, 1], np.full_like(us, z)], -1)
+    idx = np.arange((n + 1) ** 2).reshape(n + 1, n + 1)
+    a, b, c, d = idx[:-1, :-1], idx[:-1, 1:], idx[1:, 1:], idx[1:, :-1]
+    faces = np.concatenate([np.stack([a, b, c], -1).reshape(-1, 3), np.stack([a, c, d], -1).reshape(-1, 3)])
+    return torch.tensor(verts.reshape(-1, 3), dtype=torch.float64), torch.tensor(faces)
+
+
+def test_single_triangle_coverage_is_exact():
+    cam = flat_camera(20, 16)
+    corners = np.array([[1.3, 2.7], [17.9, 5.1], [6.2, 14.6]])
+    z = 3.0
+    verts = torch.tensor([[(u - cam.K[0, 2]) * z / 100.0, (v - cam.K[1, 2]) * z / 100.0, z] for u, v in corners],
+                         dtype=torch.float64)
+    for faces in (torch.tensor([[0, 1, 2]]), torch.tensor([[0, 2, 1]])):  # either winding
+        sil = hard_silhouette(verts[None], faces, *camera_tensors(cam, dtype=torch.float64), cam.height, cam.width)[0]
+        u, v = np.meshgrid(np.arange(cam.width) + 0.5, np.arange(cam.height) + 0.5)
+        edge = [(corners[(k + 1) % 3, 0] - corners[k, 0]) * (v - corners[k, 1])
+                - (corners[(k + 1) % 3, 1] - corners[k, 1]) * (u - corners[k, 0]) for k in range(3)]
+        expected = (edge[0] >= 0) & (edge[1] >= 0) & (edge[2] >= 0)
+        assert expected.sum() > 50 and np.array_equal(sil.numpy(), expected)
+
+
+def test_soft_silhouette_is_sigmoid_of_outline_distance_on_dense_mesh():
+    """Sub-pixel triangles (interior edges everywhere) must neither dilate the outline nor
+    lower the interior: alpha = sigmoid(signed distance to the outline / sigma)."""
+    cam = flat_camera(24, 20)
+    verts, faces = grid_mesh(4.3, 3.6, 19.2, 15.9, 5.0, cam, 30)
+    K, R, t = camera_tensors(cam, dtype=torch.float64)
+    sigma = 1.0
+    alpha = soft_silhouette(verts[None], faces, K, R, t, cam.height, cam.width, sigma=sigma)[0].numpy()
+    sdf = rectangle_sdf(4.3, 3.6, 19.2, 15.9, cam.width, cam.height)
+    exact = 1.0 / (1.0 + np.exp(-sdf / sigma))
+    band = np.abs(sdf) < 3.0 * sigma
+    assert np.abs(alpha - exact)[band].max() < 1e-6
+    # farther than the margin: exact, or rounded to 0 / 1
+    far = ~band
+    assert (np.isclose(alpha, exact, atol=1e-6) | (alpha == (sdf > 0)))[far].all()
+    assert (alpha[5:15, 8:16] == 1.0).all()
+
+
+def test_occluding_contour_inside_the_silhouette_stays_covered():
+    cam = flat_camera(24, 20)
+    back_v, back_f = quad(2.0, 2.0, 22.0, 18.0, 8.0, cam)
+    front_v, front_f = quad(8.2, 7.3, 14.6, 12.8, 4.0, cam)   # in front, well inside the back quad
+    verts = torch.cat([back_v, front_v])[None]
+    faces = torch.cat([back_f, front_f + 4])
+    alpha = soft_silhouette(verts, faces, *camera_tensors(cam), cam.height, cam.width)[0].numpy()
+    sdf = rectangle_sdf(2.0, 2.0, 22.0, 18.0, cam.width, cam.height)
+    assert np.abs(alpha - 1.0 / (1.0 + np.exp(-sdf)))[np.abs(sdf) < 3].max() < 1e-5
+    assert (alpha[5:15, 6:17] == 1.0).all()  # around the front quad's outline
+
+
+def test_chunked_pairs_give_the_same_images(monkeypatch):
+    from backend.render import raster
+
+    cam = flat_camera(24, 20)
+    verts, faces = grid_mesh(4.3, 3.6, 19.2, 15.9, 5.0, cam, 7)
+    verts = verts.float()
+    K, R, t = camera_tensors(cam)
+    args = (faces, K, R, t, cam.height, cam.width)
+    v = verts[None].clone().requires_grad_(True)
+    alpha = soft_silhouette(v, *args)
+    (grad,) = torch.autograd.grad((alpha * torch.rand_like(alpha)).sum(), v)
+    fi, depth, bary = rasterize(verts[None], *args)
+    monkeypatch.setattr(raster, "PAIR_BUDGET", 37)
+    v2 = verts[None].clone().requires_grad_(True)
+    torch.manual_seed(0)
+    alpha2 = soft_silhouette(v2, *args)
+    assert torch.equal(alpha, alpha2)
+    fi2, depth2, bary2 = rasterize(verts[None], *args)
+    assert torch.equal(fi, fi2) and torch.equal(depth, depth2) and torch.equal(bary, bary2)
+
+
+def test_camera_inside_a_huge_triangle_and_behind_the_camera():
+    cam = flat_camera(16, 12)
+    K, R, t = camera_tensors(cam)
+    # a triangle whose projection is far larger than the image (camera very close to it)
+    big = torch.tensor([[-1.0, -1.0, 0.01], [1.0, -1.0, 0.01], [0.0, 2.0, 0.01]])
+    sil = hard_silhouette(big[None], torch.tensor([[0, 1, 2]]), K, R, t, cam.height, cam.width)
+    alpha = soft_silhouette(big[None], torch.tensor([[0, 1, 2]]), K, R, t, cam.height, cam.width)
+    assert sil.all() and (alpha == 1.0).all()
+    # one vertex behind the camera: skipped, not drawn with garbage coordinates
+    behind = torch.tensor([[-0.1, -0.1, 5.0], [0.1, -0.1, 5.0], [0.0, 0.1, -1.0]], requires_grad=True)
+    alpha = soft_silhouette(behind[None], torch.tensor([[0, 1, 2]]), K, R, t, cam.height, cam.width)
+    alpha.sum().backward()
+    assert (alpha == 0).all() and torch.isfinite(behind.grad).all()
+    assert not hard_silhouette(behind[None].detach(), torch.tensor([[0, 1, 2]]), K, R, t, cam.height, cam.width).any()
+
+
+def test_batch_matches_single_renders():
+    cam = flat_camera()
+    a_v, faces = quad(2.2, 3.0, 9.6, 7.4, 5.0, cam)
+    b_v, _ = quad(5.1, 1.3, 14.7, 10.2, 3.0, cam)
+    K, R, t = camera_tensors(cam)
+    both = soft_silhouette(torch.stack([a_v, b_v]), faces, K, R, t, cam.height, cam.width)
+    fi = rasterize(torch.stack([a_v, b_v]), faces, K, R, t, cam.height, cam.width)[0]
+    for i, v in enumerate((a_v, b_v)):
+        assert torch.allclose(both[i], soft_silhouette(v[None], faces, K, R, t, cam.height, cam.width)[0])
+        assert torch.equal(fi[i], rasterize(v[None], faces, K, R, t, cam.height, cam.width)[0][0])
 
 
 def test_body_silhouette_matches_blender_cycles(open_body):

@@ -14,7 +14,7 @@ import numpy as np
 from backend.errors import InputError
 
 WORK_SIDE = 768          # GrabCut is O(pixels x iterations): run it at most this large
-UNRELIABLE_IOU = 0.6     # below this agreement with the body the mask is reported as unreliable
+UNRELIABLE_IOU = 0.45    # below this agreement with the (possibly rough) body the mask is unreliable
 
 
 @dataclasses.dataclass
@@ -49,8 +49,9 @@ def grabcut_mask(image: np.ndarray, body_silhouette: np.ndarray, iterations: int
     def disk(radius):
         r = max(1, int(round(radius)))
         return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
-    sure_fg = cv2.erode(sil, disk(0.02 * extent))
-    maybe_bg = cv2.dilate(sil, disk(0.12 * extent))
+    # Only the core of the body is surely the person: the initial pose may be well off.
+    sure_fg = cv2.erode(sil, disk(0.08 * extent))
+    maybe_bg = cv2.dilate(sil, disk(0.20 * extent))
     seed = np.full(sil.shape, cv2.GC_BGD, np.uint8)
     seed[maybe_bg > 0] = cv2.GC_PR_BGD
     seed[sil > 0] = cv2.GC_PR_FGD

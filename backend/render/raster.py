@@ -73,34 +73,40 @@ def _edge_slots(faces: torch.Tensor):
     return _EDGE_CACHE[key]
 
 
-def _contour_slots(area: torch.Tensor, faces: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """(B*F, 3) bool: which triangle edges lie on the view's contour: the edge is open (one
-    face) or its faces face opposite ways (their projected areas differ in sign). Only these
-    edges can be on the silhouette's outline."""
+def _contour_slots(area: torch.Tensor, ok: torch.Tensor, faces: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """(B*F, 3) bool: which triangle edges can lie on the silhouette's outline. For a mesh,
+    a point on an edge whose two faces face the same way is covered from both sides, so the
+    outline is made only of edges that are open (one face) or where the surface turns away
+    (the faces' projected areas differ in sign). Skipped triangles count as missing, so
+    their neighbours' edges become open."""
     inverse, counts, num_edges = _edge_slots(faces)
     F = faces.shape[0]
-    facing = torch.sign(area.detach()).reshape(batch_size, F, 1).expand(-1, -1, 3)
+    facing = (torch.sign(area.detach()) * ok).reshape(batch_size, F, 1).expand(-1, -1, 3)
     ids = (inverse[None] + num_edges * torch.arange(batch_size, device=faces.device)[:, None, None]).reshape(-1)
     lo = torch.full((batch_size * num_edges,), 2.0, device=area.device, dtype=area.dtype)
     hi = torch.full_like(lo, -2.0)
     lo = lo.scatter_reduce(0, ids, facing.reshape(-1), reduce="amin")
     hi = hi.scatter_reduce(0, ids, facing.reshape(-1), reduce="amax")
     contour = (lo != hi) | (counts.repeat(batch_size) == 1)
-    return contour[ids].reshape(batch_size * F, 3)
+    return contour[ids].reshape(batch_size * F, 3) & ok[:, None]
 
 
-def _pair_chunks(tri: torch.Tensor, ok: torch.Tensor, margin: float, height: int, width: int):
-    """Yield (triangle ids, pixel x, pixel y) for pixel centres within `margin` pixels of each
-    triangle's bounding box, in chunks of about PAIR_BUDGET pairs."""
+def _pair_chunks(tri: torch.Tensor, ok: torch.Tensor, margin, height: int, width: int):
+    """Yield (triangle ids, pixel x, pixel y) for pixel centres within `margin` pixels (a float
+    or one per triangle) of each triangle's bounding box, in chunks of about PAIR_BUDGET pairs.
+    A triangle larger than the budget makes a chunk of its own (at most the whole image)."""
     # Plain detached tensors, not torch.no_grad(): a generator would keep grad mode off
     # while the caller computes between yields.
     tri = tri.detach()
+    margin = torch.as_tensor(margin, dtype=tri.dtype, device=tri.device)
+    margin = margin[:, None] if margin.ndim else margin
     lo = tri.min(1).values - margin - 0.5
     hi = tri.max(1).values + margin - 0.5
-    x0 = lo[:, 0].ceil().clamp(min=0)
-    y0 = lo[:, 1].ceil().clamp(min=0)
-    x1 = hi[:, 0].floor().clamp(max=width - 1)
-    y1 = hi[:, 1].floor().clamp(max=height - 1)
+    # clamp before converting: a vertex near the camera plane projects far outside
+    x0 = lo[:, 0].clamp(-1, width).ceil().clamp(min=0)
+    y0 = lo[:, 1].clamp(-1, height).ceil().clamp(min=0)
+    x1 = hi[:, 0].clamp(-1, width).floor().clamp(max=width - 1)
+    y1 = hi[:, 1].clamp(-1, height).floor().clamp(max=height - 1)
     nx = (x1 - x0 + 1).clamp(min=0)
     ny = (y1 - y0 + 1).clamp(min=0)
     count = torch.where(ok, nx * ny, torch.zeros_like(nx)).long()
@@ -124,44 +130,79 @@ def _pair_chunks(tri: torch.Tensor, ok: torch.Tensor, margin: float, height: int
         start = stop
 
 
+def _covered_pairs(tri, area, ok, height: int, width: int):
+    """Yield (triangle ids, pixel x, pixel y, screen barycentrics (N, 3)) for every pixel
+    centre inside a triangle (edges included, either winding)."""
+    for tid, px, py in _pair_chunks(tri, ok, 0.0, height, width):
+        p = torch.stack([px, py], -1).to(tri.dtype) + 0.5
+        a, b, c = tri[tid, 0], tri[tid, 1], tri[tid, 2]
+        l0 = _cross(c - b, p - b) / area[tid]
+        l1 = _cross(a - c, p - c) / area[tid]
+        l2 = 1.0 - l0 - l1
+        inside = (l0 >= 0) & (l1 >= 0) & (l2 >= 0)
+        yield tid[inside], px[inside], py[inside], torch.stack([l0, l1, l2], -1)[inside]
+
+
+_FAR = 1e6  # pixels: "no outline within reach"; finite so that gradients stay finite
+
+
 def soft_silhouette(vertices: torch.Tensor, faces: torch.Tensor, K, R, t, height: int, width: int,
                     sigma: float = 1.0, margin: float | None = None) -> torch.Tensor:
     """Differentiable silhouette (B, H, W) in [0, 1]: alpha = sigmoid(D / sigma), D the signed
-    distance (pixels) from the pixel centre to the silhouette's outline.
+    distance (pixels) from the pixel centre to the silhouette's outline, positive inside.
+    Farther than `margin` (3 sigma) from the outline alpha may be rounded to 0 or 1.
 
-    Per (triangle, pixel) pair: outside the triangle, D = -distance to the triangle; inside,
-    D = +distance to the triangle's own contour edges (edges where the surface turns away from
-    the camera, or open edges; +inf when it has none, so interiors are exactly 1). The pixel
-    takes the largest value. A body mesh has dozens of sub-pixel triangles near every
-    silhouette pixel: SoftRas's 1 - prod(1 - p) would dilate the outline and leave interiors
-    near 0.75. Here the profile is symmetric, alpha(D) + alpha(-D) = 1, so fitting a hard mask
-    is unbiased (an asymmetric profile systematically shrinks or grows the fitted body), and
-    alpha > 0.5 is exactly the hard coverage of the pixel centre."""
-    margin = 3.0 * sigma if margin is None else margin
+    Why not SoftRas's 1 - prod(1 - sigmoid(d_triangle)): a body mesh has dozens of sub-pixel
+    triangles near every pixel, so the product dilates the outline and leaves interiors near
+    0.75. A signed distance to the outline is symmetric, alpha(D) + alpha(-D) = 1, so alpha
+    > 0.5 is exactly the hard coverage, fitting it to a mask drawn the same way (sigmoid of
+    the mask's signed distance) has the truth as its minimum, and it does not depend on how
+    finely the mesh is tessellated.
+
+    D: outside, minus the distance to the nearest triangle, which is always a triangle with
+    an outline ("contour") edge; inside, the distance to the nearest contour edge seen from
+    the side of its triangle, counted only for pixels near an uncovered pixel, so that
+    occlusion contours inside the silhouette (an arm in front of the torso) stay at 1. Only
+    contour triangles (a few thousand of a body's 27k) need the margin, which keeps the
+    number of (triangle, pixel) pairs small."""
+    margin = 3.0 * sigma if margin is None else float(margin)
     tri, _, area, batch, _, ok = _triangles(vertices, faces, K, R, t)
     B = vertices.shape[0]
-    contour = _contour_slots(area, faces, B)
-    alpha = torch.zeros(B * height * width, device=vertices.device, dtype=vertices.dtype)
-    for tid, px, py in _pair_chunks(tri, ok, margin, height, width):
+    n = B * height * width
+    dev = vertices.device
+    contour = _contour_slots(area, ok, faces, B)
+    with torch.no_grad():
+        covered = torch.zeros(n, device=dev, dtype=torch.bool)
+        for tid, px, py, _ in _covered_pairs(tri.detach(), area.detach(), ok, height, width):
+            covered[(batch[tid] * height + py) * width + px] = True
+        # inside pixels that may lie within `margin` of the outline
+        r = int(math.ceil(margin)) + 1
+        empty = (~covered).reshape(B, 1, height, width).to(vertices.dtype)
+        near = torch.nn.functional.max_pool2d(empty, 2 * r + 1, stride=1, padding=r).reshape(n) > 0
+        wanted = ~covered | near
+    dist = torch.full((n,), _FAR, device=dev, dtype=vertices.dtype)
+    has_contour = contour.any(1)
+    for tid, px, py in _pair_chunks(tri, has_contour, margin, height, width):
+        key = (batch[tid] * height + py) * width + px
+        keep = wanted[key]
+        tid, px, py, key = tid[keep], px[keep], py[keep], key[keep]
+        inside_px = covered[key]
         p = torch.stack([px, py], -1).to(tri.dtype) + 0.5
         a, b, c = tri[tid, 0], tri[tid, 1], tri[tid, 2]
         sign = torch.sign(area[tid])
-        inside = torch.ones_like(sign, dtype=torch.bool)
-        far = torch.full_like(sign, 1e12)
-        dist2, contour2 = far, far
+        best = torch.full_like(sign, _FAR ** 2)
         for k, (s, e) in enumerate(((a, b), (b, c), (c, a))):
             edge = e - s
             rel = p - s
-            inside = inside & (sign * _cross(edge, rel) >= 0)
+            on_triangle_side = sign * _cross(edge, rel) >= 0
             along = ((rel * edge).sum(-1) / (edge * edge).sum(-1).clamp(min=1e-12)).clamp(0, 1)
             d2 = ((rel - along[:, None] * edge) ** 2).sum(-1)
-            dist2 = torch.minimum(dist2, d2)
-            contour2 = torch.where(contour[tid, k], torch.minimum(contour2, d2), contour2)
-        # sqrt(x + eps): finite gradients on the edge itself
-        signed = torch.where(inside, torch.sqrt(contour2 + 1e-12), -torch.sqrt(dist2 + 1e-12))
-        key = (batch[tid] * height + py) * width + px
-        alpha = alpha.scatter_reduce(0, key, torch.sigmoid(signed / sigma), reduce="amax")
-    return alpha.reshape(B, height, width)
+            use = contour[tid, k] & (on_triangle_side | ~inside_px)
+            best = torch.where(use, torch.minimum(best, d2), best)
+        # sqrt(x + eps): finite gradients when the pixel centre lies on the edge
+        dist = dist.scatter_reduce(0, key, torch.sqrt(best + 1e-12), reduce="amin")
+    signed = torch.where(covered, torch.where(near, dist, torch.full_like(dist, _FAR)), -dist)
+    return torch.sigmoid(signed / sigma).reshape(B, height, width)
 
 
 def rasterize(vertices: torch.Tensor, faces: torch.Tensor, K, R, t, height: int, width: int):
@@ -175,21 +216,13 @@ def rasterize(vertices: torch.Tensor, faces: torch.Tensor, K, R, t, height: int,
         dev, dt = vertices.device, vertices.dtype
         zbuf = torch.full((n,), math.inf, device=dev, dtype=dt)
         hits = []
-        for tid, px, py in _pair_chunks(tri, ok, 0.0, height, width):
-            p = torch.stack([px, py], -1).to(dt) + 0.5
-            a, b, c = tri[tid, 0], tri[tid, 1], tri[tid, 2]
-            # screen-space barycentrics from the edge functions (either winding)
-            l0 = _cross(c - b, p - b) / area[tid]
-            l1 = _cross(a - c, p - c) / area[tid]
-            l2 = 1.0 - l0 - l1
-            inside = (l0 >= 0) & (l1 >= 0) & (l2 >= 0)
-            tid, px, py, l0, l1, l2 = tid[inside], px[inside], py[inside], l0[inside], l1[inside], l2[inside]
-            inv = l0 / depth[tid, 0] + l1 / depth[tid, 1] + l2 / depth[tid, 2]  # 1/z is linear on screen
+        for tid, px, py, lam in _covered_pairs(tri, area, ok, height, width):
+            w = lam / depth[tid]          # 1/z is linear in screen space
+            inv = w.sum(-1)
             z = 1.0 / inv
             key = (batch[tid] * height + py) * width + px
             zbuf.scatter_reduce_(0, key, z, reduce="amin")
-            bary = torch.stack([l0 / depth[tid, 0], l1 / depth[tid, 1], l2 / depth[tid, 2]], -1) / inv[:, None]
-            hits.append((key, z, face[tid], bary))
+            hits.append((key, z, face[tid], w / inv[:, None]))
         face_index = torch.full((n,), -1, device=dev, dtype=torch.long)
         bary_img = torch.zeros(n, 3, device=dev, dtype=dt)
         for key, z, fid, bary in hits:
@@ -214,18 +247,27 @@ def part_masks(face_index: torch.Tensor, face_parts: torch.Tensor, num_parts: in
 
 
 def part_boxes(uv: torch.Tensor, vertex_parts: torch.Tensor, num_parts: int, height: int, width: int,
-               min_size: float = 8.0):
+               visible_mask: torch.Tensor | None = None, min_size: float = 8.0):
     """Each part's box (x0, y0, x1, y1) in pixels, from its projected body vertices (as ELICIT
     crops parts), clipped to the image: (B, num_parts, 4), and whether each box is usable
-    (the part is in the image and its clipped box is at least min_size on both sides)."""
+    (the part has a vertex in the image and its clipped box is at least min_size on both
+    sides). visible_mask (B, V) bool, optional: only these vertices count (e.g. vertices in
+    front of the camera, or not occluded)."""
     B = uv.shape[0]
-    idx = vertex_parts.long()[None, :].expand(B, -1)
+    idx = vertex_parts.long().to(uv.device)[None, :].expand(B, -1)
+    keep = torch.ones(uv.shape[:2], dtype=torch.bool, device=uv.device) if visible_mask is None else visible_mask
+    keep = keep & torch.isfinite(uv).all(-1)
+    big = torch.tensor(math.inf, device=uv.device, dtype=uv.dtype)
+    lo = torch.where(keep[..., None], uv, big)
+    hi = torch.where(keep[..., None], uv, -big)
     init = lambda v: torch.full((B, num_parts), v, device=uv.device, dtype=uv.dtype)  # noqa: E731
-    x0 = init(math.inf).scatter_reduce(1, idx, uv[..., 0], reduce="amin")
-    y0 = init(math.inf).scatter_reduce(1, idx, uv[..., 1], reduce="amin")
-    x1 = init(-math.inf).scatter_reduce(1, idx, uv[..., 0], reduce="amax")
-    y1 = init(-math.inf).scatter_reduce(1, idx, uv[..., 1], reduce="amax")
+    x0 = init(math.inf).scatter_reduce(1, idx, lo[..., 0], reduce="amin")
+    y0 = init(math.inf).scatter_reduce(1, idx, lo[..., 1], reduce="amin")
+    x1 = init(-math.inf).scatter_reduce(1, idx, hi[..., 0], reduce="amax")
+    y1 = init(-math.inf).scatter_reduce(1, idx, hi[..., 1], reduce="amax")
     boxes = torch.stack([x0.clamp(0, width), y0.clamp(0, height), x1.clamp(0, width), y1.clamp(0, height)], -1)
+    boxes = torch.where(torch.isfinite(x0)[..., None], boxes, torch.zeros_like(boxes))  # part absent
+    inside = (lo[..., 0] >= 0) & (lo[..., 0] <= width) & (lo[..., 1] >= 0) & (lo[..., 1] <= height)
+    any_inside = torch.zeros(B, num_parts, dtype=torch.long, device=uv.device).scatter_add(1, idx, inside.long()) > 0
     valid = ((boxes[..., 2] - boxes[..., 0]) >= min_size) & ((boxes[..., 3] - boxes[..., 1]) >= min_size)
-    valid &= torch.isfinite(x0)
-    return boxes, valid
+    return boxes, valid & any_inside
