@@ -45,6 +45,18 @@ class PinholeCamera:
         w, h = max(1, round(self.width * factor)), max(1, round(self.height * factor))
         return PinholeCamera(S @ self.K, self.R, self.t, w, h)
 
+    def cropped(self, x0: float, y0: float, x1: float, y1: float, width: int, height: int) -> "PinholeCamera":
+        """The camera that sees the window [x0, x1] x [y0, y1] (pixels of this camera, may extend
+        past the image) as an image of width x height: render a crop directly at its size."""
+        sx, sy = width / (x1 - x0), height / (y1 - y0)
+        S = np.array([[sx, 0.0, -x0 * sx], [0.0, sy, -y0 * sy], [0.0, 0.0, 1.0]])
+        return PinholeCamera(S @ self.K, self.R, self.t, width, height)
+
+    @property
+    def center(self) -> np.ndarray:
+        """The camera's position in world coordinates."""
+        return -self.R.T @ self.t
+
     def project(self, points: np.ndarray) -> np.ndarray:
         """(N, 3) world points -> (N, 2) pixel coordinates."""
         x = points @ self.R.T + self.t

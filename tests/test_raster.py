@@ -165,7 +165,8 @@ def test_soft_silhouette_is_sigmoid_of_outline_distance_on_dense_mesh():
     # farther than the margin: exact, or rounded to 0 / 1
     far = ~band
     assert (np.isclose(alpha, exact, atol=1e-6) | (alpha == (sdf > 0)))[far].all()
-    assert (alpha[5:15, 8:16] == 1.0).all()
+    # pixels farther than the margin (plus a pixel) from any uncovered pixel are exactly 1
+    assert (alpha[8:12, 8:15] == 1.0).all()
 
 
 def test_occluding_contour_inside_the_silhouette_stays_covered():
@@ -177,7 +178,7 @@ def test_occluding_contour_inside_the_silhouette_stays_covered():
     alpha = soft_silhouette(verts, faces, *camera_tensors(cam), cam.height, cam.width)[0].numpy()
     sdf = rectangle_sdf(2.0, 2.0, 22.0, 18.0, cam.width, cam.height)
     assert np.abs(alpha - 1.0 / (1.0 + np.exp(-sdf)))[np.abs(sdf) < 3].max() < 1e-5
-    assert (alpha[5:15, 6:17] == 1.0).all()  # around the front quad's outline
+    assert (alpha[6:14, 6:18] == 1.0).all()  # around the front quad's outline
 
 
 def test_chunked_pairs_give_the_same_images(monkeypatch):
@@ -212,8 +213,8 @@ def test_camera_inside_a_huge_triangle_and_behind_the_camera():
     # one vertex behind the camera: skipped, not drawn with garbage coordinates
     behind = torch.tensor([[-0.1, -0.1, 5.0], [0.1, -0.1, 5.0], [0.0, 0.1, -1.0]], requires_grad=True)
     alpha = soft_silhouette(behind[None], torch.tensor([[0, 1, 2]]), K, R, t, cam.height, cam.width)
-    alpha.sum().backward()
-    assert (alpha == 0).all() and torch.isfinite(behind.grad).all()
+    alpha.sum().backward()  # still part of the graph, so a fit whose body left the view fails softly
+    assert (alpha == 0).all() and torch.isfinite(behind.grad).all() and (behind.grad == 0).all()
     assert not hard_silhouette(behind[None].detach(), torch.tensor([[0, 1, 2]]), K, R, t, cam.height, cam.width).any()
 
 

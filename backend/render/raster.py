@@ -181,6 +181,9 @@ def soft_silhouette(vertices: torch.Tensor, faces: torch.Tensor, K, R, t, height
         near = torch.nn.functional.max_pool2d(empty, 2 * r + 1, stride=1, padding=r).reshape(n) > 0
         wanted = ~covered | near
     dist = torch.full((n,), _FAR, device=dev, dtype=vertices.dtype)
+    # keep the result in the autograd graph even when no triangle is visible (zero gradient,
+    # rather than an error in the caller's backward())
+    dist = dist + 0.0 * vertices.sum()
     has_contour = contour.any(1)
     for tid, px, py in _pair_chunks(tri, has_contour, margin, height, width):
         key = (batch[tid] * height + py) * width + px
