@@ -13,7 +13,7 @@ from PIL import Image
 from backend.body.fitting import FitConfig, FitResult, fit_body_to_mask, silhouette_iou, wrap_angles
 from backend.body.grabcut import grabcut_mask
 from backend.body.model import BodyModel, load_body_model
-from backend.inputs import BodyParams, betas_for_body, load_fit_inputs, write_params_json
+from backend.inputs import BodyParams, FitInputs, betas_for_body, load_fit_inputs, write_params_json
 from backend.render.raster import camera_tensors, hard_silhouette
 from shared.camera import PinholeCamera
 
@@ -26,6 +26,9 @@ class BodyFitJobResult:
     initial_transl: np.ndarray
     mask_source: str
     out_dir: Path
+    inputs: FitInputs          # the validated photo, camera and given parameters
+    mask: np.ndarray           # (H, W) the person mask used (file, alpha or GrabCut)
+    body: BodyModel
 
 
 def body_silhouette(body: BodyModel, pose, betas, transl, camera: PinholeCamera) -> np.ndarray:
@@ -56,9 +59,10 @@ def _grabcut(image, seed, log) -> np.ndarray:
 
 
 def run_body_fit(photo=None, mask=None, params=None, elicit_dir=None, body_spec="open_body",
-                 preset="quick", out_dir=Path("out/fit"), log=print) -> BodyFitJobResult:
+                 preset="quick", out_dir=Path("out/fit"), log=print, body: BodyModel | None = None
+                 ) -> BodyFitJobResult:
     inputs = load_fit_inputs(photo=photo, mask=mask, params=params, elicit_dir=elicit_dir)
-    body = load_body_model(body_spec)
+    body = load_body_model(body_spec) if body is None else body
     for note in list(inputs.warnings) + list(inputs.params.notes):
         log(f"note: {note}")
     betas0 = betas_for_body(inputs.params, body.name)
@@ -103,4 +107,5 @@ def run_body_fit(photo=None, mask=None, params=None, elicit_dir=None, body_spec=
     (out_dir / "fit_report.json").write_text(json.dumps(report, indent=2))
     log(f"silhouette IoU before {fit.iou_before:.3f} -> after {fit.iou_after:.3f}")
     log(f"wrote {out_dir / 'overlay.png'}, {out_dir / 'fitted_params.json'}, {out_dir / 'fit_report.json'}")
-    return BodyFitJobResult(fit, np.asarray(pose0), betas0, np.asarray(transl0), report["mask_source"], out_dir)
+    return BodyFitJobResult(fit, np.asarray(pose0), betas0, np.asarray(transl0), report["mask_source"], out_dir,
+                            inputs, mask_img, body)

@@ -1,6 +1,9 @@
 """Command line of the backend: `avatar-backend <command>` (or `python -m backend <command>`).
 
-  demo      the main job on the built-in default subject (generated on first use)
+  demo      the main job on the built-in default subject (generated on first use): fit an
+            avatar, render a turntable and novel poses, measure held-out views
+  fit       photo [+ mask] + params (or an ELICIT folder) [+ prompt] -> an .avatar file
+  render    an .avatar file + turntable / pose sequence / camera path -> PNG frames (+ MP4)
   fit-body  fit the body to a photo + mask + params (ELICIT folder or JSON) and write an
             overlay PNG and the fitted parameters, printing silhouette IoU before/after
   sample    write the built-in sample subject (ELICIT format) into a folder
@@ -28,6 +31,73 @@ def _cmd_fit_body(args) -> int:
     return 0
 
 
+class ProgressPrinter:
+    """One line per report: iteration, view kind, losses and ETA; on a terminal the line is
+    rewritten in place, in a log every `every` iterations."""
+
+    def __init__(self, every: int = 10, stream=sys.stdout):
+        self.every, self.stream = every, stream
+        self.tty = stream.isatty()
+
+    def __call__(self, rec: dict) -> None:
+        if rec.get("stage") == "A":
+            line = f"  stage A {rec['iteration']:4d}/{rec['of']}  loss {rec['loss']:.4f}"
+        else:
+            it = rec["iteration"]
+            if not self.tty and it % self.every and it != 1:
+                return
+            losses = "  ".join(f"{k} {v:.4f}" for k, v in rec.items()
+                               if isinstance(v, float) and k not in ("eta_s", "seconds_per_iteration"))
+            eta = rec.get("eta_s", 0.0)
+            line = (f"  stage B {it:5d}  {rec['view']:5s}  {losses}  "
+                    f"{rec.get('seconds_per_iteration', 0.0):.2f} s/it  ETA {eta // 60:.0f}:{eta % 60:02.0f}")
+        if self.tty:
+            print("\r" + line[: 160].ljust(160), end="", file=self.stream, flush=True)
+        else:
+            print(line, file=self.stream, flush=True)
+
+    def close(self):
+        if self.tty:
+            print(file=self.stream)
+
+
+def clip_spec_from_args(args):
+    """None when the semantic prior is switched off, else the ClipSpec to load."""
+    if args.no_clip:
+        return None
+    from backend.avatar.clip_prior import ClipSpec
+
+    return ClipSpec(model=args.clip_model, pretrained=args.clip_pretrained)
+
+
+def _cmd_fit(args) -> int:
+    from backend.avatar_fit_job import run_avatar_fit
+
+    progress = ProgressPrinter()
+    try:
+        result = run_avatar_fit(photo=args.photo, mask=args.mask, params=args.params, elicit_dir=args.elicit,
+                                body_spec=args.body, preset=args.preset, out=args.out, prompt=args.prompt,
+                                clip_spec=clip_spec_from_args(args), lpips_weights=args.lpips_weights,
+                                device=args.device, fit_body=not args.no_body_fit, resume=not args.no_resume,
+                                progress=progress)
+    finally:
+        progress.close()
+    for w in result.report.get("warnings", []):
+        print(w)
+    print(f"wrote {result.path}")
+    return 0
+
+
+def _cmd_render(args) -> int:
+    from backend.avatar_fit_job import resolve_device
+    from backend.avatar_render_job import render_avatar
+
+    files = render_avatar(args.avatar, args.out, turntable=args.turntable, poses=args.poses, cameras=args.cameras,
+                          scale=args.scale, device=resolve_device(args.device), fps=args.fps)
+    print(f"wrote {len(files)} files to {args.out}")
+    return 0
+
+
 def _cmd_sample(args) -> int:
     from backend.body.model import load_body_model
     from backend.sample_subject import write_sample_subject
@@ -39,7 +109,7 @@ def _cmd_sample(args) -> int:
 
 def _cmd_demo(args) -> int:
     from backend.body.model import load_body_model
-    from backend.body_fit_job import run_body_fit
+    from backend.demo_job import format_table, run_demo
     from backend.sample_subject import write_sample_subject
 
     body = load_body_model("open_body")
@@ -48,12 +118,33 @@ def _cmd_demo(args) -> int:
         print(f"generating the built-in sample subject in {sample}")
         write_sample_subject(body, sample)
     start = time.perf_counter()
-    result = run_body_fit(elicit_dir=sample, body_spec="open_body", preset=args.preset, out_dir=args.out)
-    truth = np.load(sample / "true_params.npz")
-    err = _joint_error_mm(body, result, truth)
-    print(f"3D joint error (MPJPE, pelvis-aligned) against the true pose: {err['before']:.1f} mm before, {err['after']:.1f} mm after")
+    clip_spec = None if args.no_clip else _available_clip(args)
+    metrics, result = run_demo(sample, args.out, body, preset=args.preset, clip_spec=clip_spec,
+                               lpips_weights=args.lpips_weights, device=args.device)
+    if result.body_fit is not None:
+        err = _joint_error_mm(body, result.body_fit, np.load(sample / "true_params.npz"))
+        print(f"body fit: 3D joint error (MPJPE, pelvis-aligned) {err['before']:.1f} mm before, "
+              f"{err['after']:.1f} mm after")
+    print("held-out views and novel poses (inside the person's box):")
+    print(format_table(metrics))
+    for w in metrics["warnings"]:
+        print(w)
     print(f"demo finished in {time.perf_counter() - start:.1f} s; outputs in {args.out}")
     return 0
+
+
+def _available_clip(args):
+    """The CLIP spec when its weights are on this machine; else None (the demo still runs,
+    without the semantic prior, and says so)."""
+    from backend.avatar.clip_prior import ClipSpec, ClipWeightsMissing, resolve_weights
+
+    spec = ClipSpec(model=args.clip_model, pretrained=args.clip_pretrained)
+    try:
+        resolve_weights(spec)
+    except ClipWeightsMissing as exc:
+        print(f"note: {exc}")
+        return None
+    return spec
 
 
 def _joint_error_mm(body, result, truth) -> dict:
@@ -76,20 +167,39 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="avatar-backend", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    fit = sub.add_parser("fit-body", help="fit the body model to a photo's person mask")
-    src = fit.add_mutually_exclusive_group(required=True)
-    src.add_argument("--elicit", type=Path, help="ELICIT folder: gt_image.png, gt_mask.png, gt_params.npz")
-    src.add_argument("--photo", type=Path, help="photo (PNG/JPG; alpha is used as the mask)")
-    fit.add_argument("--mask", type=Path, help="person mask image (with --photo)")
-    fit.add_argument("--params", type=Path, help="body parameters: gt_params.npz or our JSON (with --photo)")
-    fit.add_argument("--body", default="open_body", help="'open_body' (built in) or an SMPL .pkl/.npz file")
-    fit.add_argument("--preset", default="quick", choices=["quick", "full"])
-    fit.add_argument("--out", type=Path, default=Path("out/fit"))
-    fit.set_defaults(func=_cmd_fit_body)
+    fit_body = sub.add_parser("fit-body", help="fit the body model to a photo's person mask")
+    _add_input_args(fit_body)
+    fit_body.add_argument("--preset", default="quick", choices=["quick", "full"])
+    fit_body.add_argument("--out", type=Path, default=Path("out/fit"))
+    fit_body.set_defaults(func=_cmd_fit_body)
+
+    fit = sub.add_parser("fit", help="fit an avatar to one photo")
+    _add_input_args(fit)
+    fit.add_argument("--prompt", help="text describing the person (CLIP text guidance), e.g. 'red hoodie, black jeans'")
+    fit.add_argument("--preset", default="quick", choices=["quick", "full", "tiny"])
+    fit.add_argument("--out", type=Path, default=Path("out/avatar.avatar"),
+                     help="the avatar file; also the checkpoint a rerun resumes from")
+    fit.add_argument("--no-body-fit", action="store_true", help="use the given body parameters as they are")
+    fit.add_argument("--no-resume", action="store_true", help="start over even if --out holds an unfinished fit")
+    _add_prior_args(fit)
+    fit.set_defaults(func=_cmd_fit)
+
+    render = sub.add_parser("render", help="render an avatar file")
+    render.add_argument("avatar", type=Path)
+    what = render.add_mutually_exclusive_group(required=True)
+    what.add_argument("--turntable", type=int, default=0, metavar="N", help="N frames around the body")
+    what.add_argument("--poses", type=Path, help="pose sequence: .npz (poses (N,72) [, transl (N,3)]) or .json")
+    what.add_argument("--cameras", type=Path, help="camera path JSON: {cameras: [{K, R, t, width, height}]}")
+    render.add_argument("--scale", type=float, default=1.0, help="image size relative to the photo")
+    render.add_argument("--fps", type=int, default=24)
+    render.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    render.add_argument("--out", type=Path, default=Path("out/render"))
+    render.set_defaults(func=_cmd_render)
 
     demo = sub.add_parser("demo", help="run the main job on the built-in sample subject")
-    demo.add_argument("--preset", default="quick", choices=["quick", "full"])
+    demo.add_argument("--preset", default="quick", choices=["quick", "full", "tiny"])
     demo.add_argument("--out", type=Path, default=Path("out/demo"))
+    _add_prior_args(demo)
     demo.set_defaults(func=_cmd_demo)
 
     sample = sub.add_parser("sample", help="write the built-in sample subject (ELICIT format)")
@@ -97,6 +207,25 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=0)
     sample.set_defaults(func=_cmd_sample)
     return parser
+
+
+def _add_input_args(p) -> None:
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--elicit", type=Path, help="ELICIT folder: gt_image.png, gt_mask.png, gt_params.npz")
+    src.add_argument("--photo", type=Path, help="photo (PNG/JPG; alpha is used as the mask)")
+    p.add_argument("--mask", type=Path, help="person mask image (with --photo)")
+    p.add_argument("--params", type=Path, help="body parameters: gt_params.npz or our JSON (with --photo)")
+    p.add_argument("--body", default="open_body", help="'open_body' (built in) or an SMPL .pkl/.npz file")
+
+
+def _add_prior_args(p) -> None:
+    p.add_argument("--no-clip", action="store_true", help="fit without the CLIP semantic prior (warned in outputs)")
+    p.add_argument("--clip-model", default="ViT-L-14", help="open_clip model name (paper: ViT-L-14)")
+    p.add_argument("--clip-pretrained", default="openai",
+                   help="pretrained tag found locally (see docs/clip.md), or a weights file / folder")
+    p.add_argument("--lpips-weights", type=Path, help="torchvision VGG16 weights for LPIPS (else looked up; "
+                                                        "without them 1 - SSIM is used)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
 
 
 def main(argv=None) -> int:

@@ -63,8 +63,10 @@ def rough_estimate(pose: np.ndarray, rng: np.random.Generator, spread: float = 0
 
 
 def render_flat(body: BodyModel, pose, betas, transl, camera: PinholeCamera, background: np.ndarray,
-                back_colour_scale: float = 0.6) -> tuple[np.ndarray, np.ndarray]:
-    """Part colours with Lambert shading; returns (rgb (H,W,3) float, mask (H,W) float)."""
+                back_colour_scale: float = 0.6, light_from: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Part colours with Lambert shading from a light at `light_from` (world position; default:
+    the camera); returns (rgb (H,W,3) float, mask (H,W) float). Held-out views of one subject
+    pass the input camera's position so that its shading stays the same from every view."""
     with torch.no_grad():
         verts = body(pose, betas, transl).vertices
         K, R, t = camera_tensors(camera, verts.device, verts.dtype)
@@ -75,8 +77,8 @@ def render_flat(body: BodyModel, pose, betas, transl, camera: PinholeCamera, bac
     normals = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
     normals /= np.linalg.norm(normals, axis=1, keepdims=True) + 1e-12
     centres = v[f].mean(1)
-    cam_pos = -camera.R.T @ camera.t
-    to_cam = cam_pos - centres
+    light = camera.center if light_from is None else np.asarray(light_from, dtype=np.float64)
+    to_cam = light - centres
     to_cam /= np.linalg.norm(to_cam, axis=1, keepdims=True)
     shade = 0.35 + 0.65 * np.abs((normals * to_cam).sum(1))
     palette = np.array([PART_COLOURS[name] for name in sorted(PART_INDEX, key=PART_INDEX.get)])

@@ -14,3 +14,11 @@ def open_body():
     from backend.body.model import load_open_body
 
     return load_open_body()
+
+
+@pytest.fixture(scope="session")
+def tiny_clip():
+    """The real open_clip code path with a tiny random config (no weights needed)."""
+    from backend.avatar.clip_prior import ClipSpec, load_clip
+
+    return load_clip(ClipSpec.tiny_test())

@@ -1,0 +1,1 @@
+"""The animatable avatar: canonical field, skinning, renderer, priors and the one-image optimiser."""

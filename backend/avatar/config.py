@@ -1,0 +1,111 @@
+"""Typed configuration of a fit, with named presets.
+
+`quick`: this 2-core CPU in minutes (small renders, few samples, no LPIPS). `full`: GPU quality,
+close to the paper's settings (224-pixel crops, 20k iterations were the paper's; we need fewer
+because stage A starts from the body in 3D and the field is a fast tri-plane).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from backend.avatar.field import FieldConfig
+from backend.avatar.model import RenderConfig
+from backend.avatar.skinning import MotionConfig
+from backend.avatar.stage_a import StageAConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class LossWeights:
+    """Paper weights (ELICIT) unless marked ours."""
+    lpips: float = 1.0
+    mse: float = 0.2
+    ssim: float = 1.0          # ours: 1 - SSIM replaces LPIPS when its VGG weights are absent
+    input_alpha: float = 0.1   # ours: rendered alpha vs. the person mask on the input view
+    clip_image: float = 0.1
+    clip_text: float = 0.1     # ours: the released code never used text
+    silhouette: float = 0.01
+    outside: float = 1.0       # ours: alpha beyond the body + clothing allowance on novel views
+    edge: float = 0.01
+    smoothness: float = 1e-3   # ours: tri-plane total variation
+
+
+@dataclasses.dataclass(frozen=True)
+class StageBConfig:
+    iterations: int = 400
+    lr_canonical: float = 5e-3     # tri-planes learn faster than the paper's MLP (5e-4)
+    lr_motion: float = 5e-5        # skinning volume, pose correction (paper)
+    input_view_prob: float = 0.5   # else a novel view (paper)
+    input_size: int = 96           # pixels: the input view's person crop is rendered at this size
+    novel_size: int = 64           # pixels: novel-view crops (the CLIP model's own size when used)
+    pitch_range: float = 15.0      # degrees, novel cameras
+    clothing_margin: float = 0.04  # metres past the body surface where novel-view alpha is free
+    checkpoint_every: int = 100    # iterations between checkpoints (0: only at the end)
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class FitConfig:
+    name: str
+    field: FieldConfig = FieldConfig()
+    motion: MotionConfig = MotionConfig()
+    render: RenderConfig = RenderConfig()
+    stage_a: StageAConfig = StageAConfig()
+    stage_b: StageBConfig = StageBConfig()
+    losses: LossWeights = LossWeights()
+    part_sampling: bool = True
+    rotation_sampling: bool = True
+    use_clip: bool = True
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FitConfig":
+        def build(kind, value):
+            if dataclasses.is_dataclass(kind) and isinstance(value, dict):
+                fields = {f.name: f.type for f in dataclasses.fields(kind)}
+                defaults = kind()
+                return kind(**{k: build(type(getattr(defaults, k)), v) for k, v in value.items() if k in fields})
+            if isinstance(value, list):
+                return tuple(value)
+            return value
+        defaults = PRESETS[d.get("name", "quick")]
+        kw = {}
+        for f in dataclasses.fields(cls):
+            if f.name in d:
+                kw[f.name] = build(type(getattr(defaults, f.name)), d[f.name])
+        return cls(**kw)
+
+
+def quick() -> FitConfig:
+    return FitConfig(name="quick")
+
+
+def full() -> FitConfig:
+    return FitConfig(
+        name="full",
+        field=FieldConfig(voxel=0.008, channels=24, hidden=64, layers=2),
+        render=RenderConfig(samples=64),
+        stage_a=StageAConfig(iterations=1500, batch=65536, table=1_000_000),
+        stage_b=StageBConfig(iterations=6000, input_size=256, novel_size=224, checkpoint_every=500),
+    )
+
+
+def tiny() -> FitConfig:
+    """For tests: seconds on a CPU."""
+    return FitConfig(
+        name="tiny",
+        field=FieldConfig(voxel=0.04, channels=8, hidden=32, layers=1),
+        render=RenderConfig(samples=12),
+        stage_a=StageAConfig(iterations=60, batch=4096, table=30_000),
+        stage_b=StageBConfig(iterations=20, input_size=40, novel_size=32, checkpoint_every=10),
+    )
+
+
+PRESETS = {"quick": quick(), "full": full(), "tiny": tiny()}
+
+
+def preset(name: str) -> FitConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]

@@ -1,0 +1,169 @@
+"""The avatar: a canonical field skinned by a body model, and its volume renderer.
+
+Rendering is fast by construction: the posed body is rasterised first (cheap), and only rays
+within `margin` metres of its silhouette are marched, with samples in a band around the body
+surface they hit. Rays that miss cost nothing and no sample is wasted in empty space; the band
+is wide enough for clothes and hair (`band_front`, `margin`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from backend.avatar.field import FieldConfig, make_field
+from backend.avatar.skinning import (MotionConfig, NonRigidOffsets, PoseCorrector, SkinningVolume,
+                                     apply_inverse, blend)
+from backend.body.model import BodyModel
+from backend.render.raster import camera_tensors, rasterize
+from shared.camera import PinholeCamera
+
+
+@dataclasses.dataclass(frozen=True)
+class RenderConfig:
+    samples: int = 24           # per ray
+    band_front: float = 0.12    # metres marched in front of the body surface (clothes, hair)
+    band_back: float = 0.08     # and behind it (the field is opaque well before)
+    margin: float = 0.08        # metres around the body silhouette whose rays are marched
+    box_padding: float = 0.15   # canonical box around the rest body
+    chunk_rays: int = 16384     # rays per batch when rendering without gradients
+    background: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+
+@dataclasses.dataclass
+class Rendered:
+    rgb: torch.Tensor        # (H, W, 3), composited over the background
+    alpha: torch.Tensor      # (H, W)
+    body_mask: torch.Tensor  # (H, W) bool: hard silhouette of the posed body model
+    rays: int                # rays marched (for the speed report)
+
+
+class Avatar(torch.nn.Module):
+    def __init__(self, body: BodyModel, betas, field_cfg: FieldConfig = FieldConfig(),
+                 motion_cfg: MotionConfig = MotionConfig(), render_cfg: RenderConfig = RenderConfig()):
+        super().__init__()
+        self.body = body  # not saved with the avatar: the file records its identity instead
+        betas = torch.as_tensor(np.asarray(betas, dtype=np.float32)).reshape(1, -1)
+        self.register_buffer("betas", betas)
+        self.field_cfg, self.motion_cfg, self.render_cfg = field_cfg, motion_cfg, render_cfg
+        with torch.no_grad():
+            rest_v, _ = body.rest(betas.to(body.smpl.v_template.device))
+        rest_v = rest_v[0].cpu().numpy()
+        pad = render_cfg.box_padding
+        box_min, box_max = rest_v.min(0) - pad, rest_v.max(0) + pad
+        self.register_buffer("rest_vertices", torch.from_numpy(rest_v))
+        self.field = make_field(box_min, box_max, field_cfg)
+        self.skin = SkinningVolume(box_min, box_max, rest_v, body.weights.detach().cpu().numpy(),
+                                   motion_cfg.weight_voxel)
+        self.pose_corrector = PoseCorrector(motion_cfg.pose_hidden) if motion_cfg.pose_correction else None
+        self.nonrigid = (NonRigidOffsets(box_min, box_max, motion_cfg.nonrigid_hidden)
+                         if motion_cfg.nonrigid else None)
+
+    def avatar_state(self) -> dict:
+        """Learned state without the body model's own tensors."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("body.")}
+
+    def load_avatar_state(self, state: dict) -> None:
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith("body.")]
+        if missing or unexpected:
+            raise ValueError(f"avatar state does not match the model: missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]}")
+
+    @property
+    def device(self) -> torch.device:
+        return self.betas.device
+
+    def motion_parameters(self):
+        return [p for m in (self.skin, self.pose_corrector, self.nonrigid) if m is not None
+                for p in m.parameters()]
+
+    def posed(self, pose, transl, correct: bool = True):
+        """Corrected pose (1, 72), per-joint transforms (24, 4, 4) and posed body vertices (V, 3)."""
+        dev = self.device
+        pose = torch.as_tensor(pose, dtype=torch.float32, device=dev).reshape(1, -1)
+        transl = torch.as_tensor(transl, dtype=torch.float32, device=dev).reshape(1, 3)
+        if correct and self.pose_corrector is not None:
+            pose = self.pose_corrector(pose)
+        out = self.body(pose, self.betas, transl)
+        return pose, out.transforms[0], out.vertices[0]
+
+    def render(self, camera: PinholeCamera, pose, transl, *, jitter: bool = False,
+               background=None, correct_pose: bool = True, generator: torch.Generator | None = None) -> Rendered:
+        cfg = self.render_cfg
+        dev = self.device
+        bg = torch.as_tensor(cfg.background if background is None else background, dtype=torch.float32,
+                             device=dev)
+        pose_c, transforms, vertices = self.posed(pose, transl, correct_pose)
+        H, W = camera.height, camera.width
+        K, R, t = camera_tensors(camera, device=dev)
+        face_index, depth, bary = (a[0] for a in rasterize(vertices.detach()[None], self.body.faces, K, R, t, H, W))
+        covered = face_index >= 0
+        rgb = bg.expand(H, W, 3).clone()
+        alpha = torch.zeros(H, W, device=dev)
+        if not covered.any():
+            return Rendered(rgb, alpha, covered, 0)
+        ray_pix, src_pix = self._rays(camera, covered, depth)
+        faces = self.body.faces[face_index.reshape(-1)[src_pix]]
+        w_ray = (bary.reshape(-1, 3)[src_pix, :, None] * self.body.weights[faces]).sum(1)
+        z_surf = depth.reshape(-1)[src_pix]
+        colours, alphas = [], []
+        chunk = ray_pix.numel() if torch.is_grad_enabled() else cfg.chunk_rays
+        for s in range(0, ray_pix.numel(), chunk):
+            c, a = self._march(camera, K, R, t, ray_pix[s:s + chunk], z_surf[s:s + chunk],
+                               w_ray[s:s + chunk], transforms, pose_c, bg, jitter, generator)
+            colours.append(c)
+            alphas.append(a)
+        rgb = rgb.reshape(-1, 3).index_put((ray_pix,), torch.cat(colours)).reshape(H, W, 3)
+        alpha = alpha.reshape(-1).index_put((ray_pix,), torch.cat(alphas)).reshape(H, W)
+        return Rendered(rgb, alpha, covered, int(ray_pix.numel()))
+
+    def _rays(self, camera: PinholeCamera, covered: torch.Tensor, depth: torch.Tensor):
+        """Flat indices of the pixels to march (the body silhouette grown by `margin` metres)
+        and, for each, the covered pixel whose surface depth and weights it borrows."""
+        cov = covered.cpu().numpy()
+        z_med = float(depth[covered].median())
+        grow = math.ceil(self.render_cfg.margin * float(camera.K[0, 0]) / max(z_med, 1e-3))
+        dist, (iy, ix) = ndimage.distance_transform_edt(~cov, return_indices=True)
+        march = dist <= grow
+        src = (iy * cov.shape[1] + ix)[march]
+        ray = np.flatnonzero(march)
+        return (torch.from_numpy(ray).to(covered.device), torch.from_numpy(src).to(covered.device))
+
+    def _march(self, camera, K, R, t, ray_pix, z_surf, w_ray, transforms, pose, bg, jitter, generator):
+        cfg = self.render_cfg
+        dev = self.device
+        W = camera.width
+        n, S = ray_pix.numel(), cfg.samples
+        u = (ray_pix % W).float() + 0.5
+        v = torch.div(ray_pix, W, rounding_mode="floor").float() + 0.5
+        d_cam = torch.linalg.solve(K, torch.stack([u, v, torch.ones_like(u)], 0)).t()  # (n, 3), z = 1
+        steps = torch.linspace(-cfg.band_front, cfg.band_back, S + 1, device=dev)
+        lo, width = steps[:-1], (cfg.band_front + cfg.band_back) / S
+        if jitter:
+            # drawn on the CPU generator (saved in checkpoints) whatever the device
+            frac = torch.rand(n, S, generator=generator).to(dev)
+        else:
+            frac = torch.full((n, S), 0.5, device=dev)
+        z = (z_surf[:, None] + lo[None] + frac * width).clamp(min=1e-3)     # (n, S) camera depth
+        x_cam = d_cam[:, None, :] * z[..., None]
+        x = ((x_cam - t) @ R).reshape(-1, 3)                                   # world points
+        # inverse skinning: per-ray first guess, then the learned weights where it lands
+        A_ray = blend(w_ray, transforms)
+        x0 = apply_inverse(A_ray.repeat_interleave(S, 0), x)
+        x_c = apply_inverse(blend(self.skin(x0), transforms), x)
+        if self.nonrigid is not None:
+            x_c = self.nonrigid(x_c, pose)
+        with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            density, colour = self.field(x_c)
+        density, colour = density.reshape(n, S), colour.reshape(n, S, 3)
+        delta = width * d_cam.norm(dim=-1, keepdim=True)                      # metres per sample
+        a = 1.0 - torch.exp(-density * delta)
+        trans = torch.cumprod(torch.cat([torch.ones_like(a[:, :1]), 1.0 - a[:, :-1] + 1e-10], 1), 1)
+        weight = a * trans
+        acc = weight.sum(1)
+        rgb = (weight[..., None] * colour).sum(1) + (1.0 - acc)[:, None] * bg
+        return rgb, acc

@@ -1,0 +1,200 @@
+"""The avatar-fit job: photo [+ mask] + body parameters [+ prompt] -> an .avatar file.
+
+Body fit (or the given parameters as they are) -> stage A (the field becomes the body) ->
+stage B (the photo, with both priors) with periodic checkpoints into the output file itself;
+running the same command again after a crash resumes from the last checkpoint.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from backend.avatar.avatar_file import AvatarRecord, load_avatar, save_avatar
+from backend.avatar.config import FitConfig, preset as config_preset
+from backend.avatar.model import Avatar
+from backend.avatar.optimiser import StageB, make_photo_target, new_state, run_stage_b
+from backend.avatar.stage_a import run_stage_a
+from backend.body.model import BodyModel, load_body_model
+from backend.errors import AvatarError
+
+NO_CLIP_WARNING = ("WARNING: fitted WITHOUT the CLIP semantic prior (no CLIP weights); unseen sides "
+                   "are guided only by the body prior")
+
+
+@dataclasses.dataclass
+class AvatarFitResult:
+    path: Path
+    record: AvatarRecord
+    report: dict
+    body_fit: object = None   # BodyFitJobResult when the body was fitted in this run
+
+
+def _input_key(photo: np.ndarray, mask: np.ndarray, pose, betas, transl, cfg: FitConfig, prompt) -> str:
+    h = hashlib.sha256()
+    for a in (photo, mask, pose, betas, transl):
+        h.update(np.ascontiguousarray(np.asarray(a, dtype=np.float32)).tobytes())
+    h.update(json.dumps(cfg.to_dict(), sort_keys=True).encode())
+    h.update((prompt or "").encode())
+    return h.hexdigest()[:16]
+
+
+def resolve_device(device: str | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise AvatarError(f"device {device!r} requested but CUDA is not available here; use --device cpu")
+    return dev
+
+
+def load_priors(cfg: FitConfig, clip_spec, lpips_weights, device, log):
+    """CLIP (or None, with the warning) and LPIPS (or None, falling back to SSIM)."""
+    from backend.avatar.losses import load_lpips
+
+    clip = None
+    warnings = []
+    if cfg.use_clip and clip_spec is not None:
+        from backend.avatar.clip_prior import load_clip
+        clip = load_clip(clip_spec, device=device)
+        log(f"CLIP prior: {clip.describe()}")
+    else:
+        warnings.append(NO_CLIP_WARNING)
+    lpips = load_lpips(lpips_weights, device=device)
+    if not lpips:
+        warnings.append(str(lpips))
+        lpips = None
+    for w in warnings:
+        log(w)
+    return clip, lpips, warnings
+
+
+def fit_avatar(body: BodyModel, photo: np.ndarray, mask: np.ndarray, camera, pose, betas, transl,
+               out_path: Path, cfg: FitConfig, *, body_spec: str = "open_body", clip=None, lpips=None,
+               prompt: str | None = None, warnings=(), device="cpu", resume: bool = True,
+               log: Callable[[str], None] = print, progress: Callable[[dict], None] | None = None,
+               stop_after: int | None = None) -> AvatarFitResult:
+    """Stage A + stage B from prepared inputs (the body already fitted). `stop_after`: end
+    stage B after this many iterations in this call (tests of resuming)."""
+    out_path = Path(out_path)
+    device = torch.device(device)
+    key = _input_key(photo, mask, pose, betas, transl, cfg, prompt)
+    body = body.to(device)
+    rec = None
+    if resume and out_path.is_file():
+        try:
+            old = load_avatar(out_path, body, device)
+        except AvatarError as exc:
+            log(f"not resuming from {out_path}: {exc}")
+            old = None
+        if old is not None and old.input_key == key and old.stage != "done":
+            rec = old
+            log(f"resuming from {out_path}: stage {rec.stage}, iteration {rec.iteration}")
+        elif old is not None and old.stage == "done" and old.input_key == key:
+            log(f"{out_path} is already a finished fit of these inputs; nothing to do")
+            return AvatarFitResult(out_path, old, old.report or {})
+    report = {"preset": cfg.name, "body_model": body.identity, "warnings": list(warnings),
+              "prompt": prompt or "", "clip": clip.describe() if clip is not None else None,
+              "lpips": lpips is not None, "device": str(device)}
+    if prompt and clip is None:
+        report["warnings"].append("the text prompt is ignored: text guidance needs the CLIP prior")
+        log(report["warnings"][-1])
+    if rec is None:
+        torch.manual_seed(cfg.stage_b.seed)  # the field's initial planes: a rerun gives the same avatar
+        avatar = Avatar(body, betas, cfg.field, cfg.motion, cfg.render).to(device)
+        report["stage_a"] = run_stage_a(avatar, cfg.stage_a, progress=progress)
+        log(f"stage A: the field is the body ({report['stage_a']['seconds']:.1f} s)")
+        rec = AvatarRecord(avatar, cfg, camera, np.asarray(pose), np.asarray(transl), body_spec, "B", 0,
+                           report=report, input_key=key)
+        state = new_state(avatar, cfg)
+        save_avatar(out_path, _with_state(rec, state))
+    else:
+        avatar = rec.avatar
+        report = {**report, **{k: v for k, v in (rec.report or {}).items() if k.startswith("stage_")}}
+        state = new_state(avatar, cfg)
+        state.iteration = rec.iteration
+        if rec.optimiser:
+            state.optimiser.load_state_dict(rec.optimiser)
+        if rec.rng:
+            state.rng.bit_generator.state = rec.rng["numpy"]
+            state.generator.set_state(rec.rng["torch"])
+    target = make_photo_target(photo, mask, camera, pose, transl, cfg.render.background, device)
+    stage = StageB(avatar, target, cfg, clip=clip, lpips=lpips, prompt=prompt)
+    iterations = cfg.stage_b.iterations if stop_after is None else min(cfg.stage_b.iterations,
+                                                                          state.iteration + stop_after)
+    start = time.perf_counter()
+
+    def checkpoint(st):
+        save_avatar(out_path, _with_state(dataclasses.replace(rec, iteration=st.iteration, report=report), st))
+
+    run_stage_b(stage, state, iterations, progress=progress, checkpoint=checkpoint,
+                checkpoint_every=cfg.stage_b.checkpoint_every)
+    seconds = time.perf_counter() - start
+    last = state.history[-50:]
+    report["stage_b"] = {"iterations": state.iteration, "seconds_this_run": seconds,
+                         "seconds_per_iteration": seconds / max(1, len(state.history)),
+                         "recent_losses": _mean_losses(last)}
+    finished = state.iteration >= cfg.stage_b.iterations
+    rec = dataclasses.replace(rec, iteration=state.iteration, report=report, stage="done" if finished else "B")
+    save_avatar(out_path, rec if finished else _with_state(rec, state))
+    return AvatarFitResult(out_path, rec, report)
+
+
+def _with_state(rec: AvatarRecord, state) -> AvatarRecord:
+    return dataclasses.replace(rec, iteration=state.iteration, optimiser=state.optimiser.state_dict(),
+                               rng={"numpy": state.rng.bit_generator.state, "torch": state.generator.get_state()})
+
+
+def _mean_losses(history: list[dict]) -> dict:
+    sums, counts = {}, {}
+    for rec in history:
+        for k, v in rec.items():
+            if isinstance(v, float) and k not in ("eta_s", "seconds_per_iteration"):
+                sums[k] = sums.get(k, 0.0) + v
+                counts[k] = counts.get(k, 0) + 1
+    return {k: sums[k] / counts[k] for k in sums}
+
+
+def run_avatar_fit(photo=None, mask=None, params=None, elicit_dir=None, body_spec="open_body", preset="quick",
+                   out=Path("out/avatar.avatar"), prompt=None, clip_spec=None, lpips_weights=None,
+                   device=None, fit_body=True, resume=True, log=print, progress=None) -> AvatarFitResult:
+    """The whole job from files. clip_spec None: no semantic prior (warned in every output)."""
+    from backend.body_fit_job import run_body_fit
+    from backend.inputs import betas_for_body, load_fit_inputs
+
+    cfg = config_preset(preset)
+    dev = resolve_device(device)
+    out = Path(out)
+    work = out.with_suffix("")  # beside the avatar: overlay, fitted params, reports
+    body = load_body_model(body_spec)
+    fitted = None
+    if fit_body:
+        fitted = run_body_fit(photo=photo, mask=mask, params=params, elicit_dir=elicit_dir, body_spec=body_spec,
+                              preset="full" if preset == "full" else "quick", out_dir=work, log=log, body=body)
+        inputs, mask_img = fitted.inputs, fitted.mask
+        pose, betas, transl = fitted.fit.pose, fitted.fit.betas, fitted.fit.transl
+    else:
+        inputs = load_fit_inputs(photo=photo, mask=mask, params=params, elicit_dir=elicit_dir)
+        if inputs.mask is None:
+            raise AvatarError("--no-body-fit needs a mask (a mask file or the photo's alpha channel)")
+        mask_img = inputs.mask
+        pose, transl = inputs.params.pose, inputs.params.transl
+        betas = betas_for_body(inputs.params, body.name)
+        if betas is None:
+            log(f"note: the given shape parameters are for {inputs.params.source_model}, not {body.name}: "
+                f"using the average shape (run with the body fit to recover it)")
+            betas = np.zeros(body.num_betas)
+        betas = np.pad(np.asarray(betas, float), (0, max(0, body.num_betas - len(betas))))[: body.num_betas]
+    clip, lpips, warnings = load_priors(cfg, clip_spec, lpips_weights, dev, log)
+    result = fit_avatar(body, inputs.image, mask_img, inputs.camera, pose, betas, transl, out, cfg,
+                        body_spec=body_spec, clip=clip, lpips=lpips, prompt=prompt, warnings=warnings,
+                        device=dev, resume=resume, log=log, progress=progress)
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "avatar_report.json").write_text(json.dumps(result.report, indent=2, default=str))
+    return dataclasses.replace(result, body_fit=fitted)

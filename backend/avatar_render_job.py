@@ -1,0 +1,141 @@
+"""The render job: an .avatar file + a turntable, a pose sequence or a camera path -> PNG frames
+(and an MP4 when imageio-ffmpeg is installed)."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from backend.avatar.avatar_file import load_avatar
+from backend.avatar.sampling import body_facing_yaw, body_up, orbit_camera, relative_yaw
+from backend.errors import InputError
+from shared.camera import MAX_IMAGE_SIDE, PinholeCamera
+from shared.smpl import POSE_DIM
+
+
+def load_pose_sequence(path) -> tuple[np.ndarray, np.ndarray | None]:
+    """(N, 72) poses and optional (N, 3) translations from .npz (keys `poses` or `pose`, optional
+    `transl`) or .json ({"poses": [[72 numbers], ...], "transl": [[x, y, z], ...]})."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such pose sequence file")
+    try:
+        if path.suffix.lower() == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                key = "poses" if "poses" in z.files else "pose" if "pose" in z.files else None
+                if key is None:
+                    raise InputError(f"{path}: no 'poses' array (found {', '.join(z.files) or 'nothing'})")
+                poses = np.asarray(z[key], dtype=np.float64)
+                transl = np.asarray(z["transl"], dtype=np.float64) if "transl" in z.files else None
+        else:
+            data = json.loads(path.read_text())
+            if not isinstance(data, dict) or "poses" not in data:
+                raise InputError(f"{path}: expected a JSON object with a 'poses' list")
+            poses = np.asarray(data["poses"], dtype=np.float64)
+            transl = np.asarray(data["transl"], dtype=np.float64) if data.get("transl") is not None else None
+    except (ValueError, OSError) as exc:
+        raise InputError(f"{path}: not a readable pose sequence ({exc})") from None
+    poses = poses.reshape(-1, poses.shape[-1]) if poses.ndim >= 1 else poses
+    if poses.ndim != 2 or poses.shape[1] != POSE_DIM or len(poses) == 0:
+        raise InputError(f"{path}: poses must be (N, {POSE_DIM}) SMPL axis-angle values, got {poses.shape}")
+    if transl is not None and transl.shape != (len(poses), 3):
+        raise InputError(f"{path}: transl must be (N, 3) for N={len(poses)} poses, got {transl.shape}")
+    if not np.isfinite(poses).all() or (transl is not None and not np.isfinite(transl).all()):
+        raise InputError(f"{path}: poses or transl contain NaN or Inf")
+    return poses, transl
+
+
+def load_camera_path(path) -> list[PinholeCamera]:
+    """JSON: {"cameras": [{"K": 3x3, "R": 3x3, "t": [3], "width": W, "height": H}, ...]}."""
+    path = Path(path)
+    try:
+        data = json.loads(Path(path).read_text())
+        cams = [PinholeCamera(np.array(c["K"], float), np.array(c["R"], float), np.array(c["t"], float),
+                              int(c["width"]), int(c["height"])) for c in data["cameras"]]
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such camera path file") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"{path}: expected {{'cameras': [{{K, R, t, width, height}}, ...]}} ({exc})") from None
+    for i, c in enumerate(cams):
+        if not (0 < c.width <= MAX_IMAGE_SIDE and 0 < c.height <= MAX_IMAGE_SIDE):
+            raise InputError(f"{path}: camera {i} size {c.width}x{c.height} is outside 1..{MAX_IMAGE_SIDE}")
+    if not cams:
+        raise InputError(f"{path}: no cameras")
+    return cams
+
+
+def turntable_cameras(camera: PinholeCamera, pose, transl, body_vertices: np.ndarray, frames: int
+                      ) -> list[PinholeCamera]:
+    """`frames` cameras circling the body at the input camera's distance, starting at its view."""
+    centre = (body_vertices.min(0) + body_vertices.max(0)) / 2.0
+    up = body_up(np.asarray(pose)[:3])
+    facing = body_facing_yaw(np.asarray(pose)[:3], up)
+    start = relative_yaw(camera, centre, facing, up)
+    dist = float(np.linalg.norm(camera.center - centre))
+    return [orbit_camera(centre, facing, start + 360.0 * i / frames, 0.0, dist, float(camera.K[0, 0]),
+                         camera.width, camera.height, up=up) for i in range(frames)]
+
+
+def _write_mp4(frames: list[np.ndarray], path: Path, fps: int, log) -> bool:
+    try:
+        import imageio_ffmpeg
+    except ImportError:
+        log("MP4 skipped: install imageio-ffmpeg for videos (PNG frames written)")
+        return False
+    h, w = frames[0].shape[:2]
+    writer = imageio_ffmpeg.write_frames(str(path), (w, h), fps=fps, macro_block_size=1)
+    writer.send(None)
+    for f in frames:
+        writer.send(np.ascontiguousarray(f))
+    writer.close()
+    return True
+
+
+def render_avatar(avatar_path, out_dir, *, turntable: int = 0, poses=None, cameras=None, scale: float = 1.0,
+                  device="cpu", fps: int = 24, log: Callable[[str], None] = print) -> list[Path]:
+    """Render frames; exactly one of turntable (> 0 frames), poses (file) or cameras (file)."""
+    chosen = [bool(turntable), poses is not None, cameras is not None]
+    if sum(chosen) != 1:
+        raise InputError("choose exactly one of --turntable N, --poses FILE or --cameras FILE")
+    rec = load_avatar(avatar_path, device=device)
+    if rec.stage != "done":
+        log(f"note: {avatar_path} is an unfinished fit (iteration {rec.iteration}); rendering it as it is")
+    for w in (rec.report or {}).get("warnings", []):
+        log(w)
+    avatar = rec.avatar.eval()
+    base = rec.camera.scaled(scale) if scale != 1.0 else rec.camera
+    jobs: list[tuple[PinholeCamera, np.ndarray, np.ndarray]] = []
+    if turntable:
+        with torch.no_grad():
+            _, _, verts = avatar.posed(rec.pose, rec.transl)
+        jobs = [(c, rec.pose, rec.transl) for c in turntable_cameras(base, rec.pose, rec.transl,
+                                                                     verts.cpu().numpy(), int(turntable))]
+    elif poses is not None:
+        seq, transl = load_pose_sequence(poses)
+        jobs = [(base, p, rec.transl if transl is None else transl[i]) for i, p in enumerate(seq)]
+    else:
+        jobs = [((c.scaled(scale) if scale != 1.0 else c), rec.pose, rec.transl) for c in load_camera_path(cameras)]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written, images = [], []
+    start = time.perf_counter()
+    for i, (cam, pose, transl) in enumerate(jobs):
+        with torch.no_grad():
+            out = avatar.render(cam, pose, transl, background=(0.0, 0.0, 0.0))  # premultiplied
+        straight = out.rgb / out.alpha[..., None].clamp(min=1e-6)
+        rgba = torch.cat([straight, out.alpha[..., None]], -1).clamp(0, 1).cpu().numpy()
+        img = (rgba * 255).round().astype(np.uint8)
+        path = out_dir / f"frame_{i:04d}.png"
+        Image.fromarray(img, "RGBA").save(path)
+        written.append(path)
+        over_white = rgba[..., :3] * rgba[..., 3:] + (1.0 - rgba[..., 3:])
+        images.append((over_white * 255).round().astype(np.uint8))
+        log(f"  frame {i + 1}/{len(jobs)}  {time.perf_counter() - start:.1f} s")
+    if len(images) > 1 and _write_mp4(images, out_dir / "video.mp4", fps, log):
+        written.append(out_dir / "video.mp4")
+    return written

@@ -1,0 +1,295 @@
+"""The avatar: stage A, gradients, every loss, the fit, novel poses, the file format, resuming.
+
+All on the CPU with small renders; the subject is the project's own sample person."""
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from backend.avatar import losses as L
+from backend.avatar.avatar_file import AvatarFileError, AvatarRecord, load_avatar, save_avatar
+from backend.avatar.config import FitConfig, StageBConfig, preset, quick, tiny
+from backend.avatar.metrics import psnr
+from backend.avatar.model import Avatar
+from backend.avatar.optimiser import StageB, make_photo_target, new_state, run_stage_b
+from backend.avatar.sampling import body_facing_yaw, body_up, orbit_camera
+from backend.avatar.skinning import MotionConfig
+from backend.avatar.stage_a import run_stage_a
+from backend.avatar_fit_job import fit_avatar
+from backend.render.raster import camera_tensors, project
+from backend.sample_subject import DISTANCE, FOCAL, SIZE, frame_body, render_flat, subject_pose, textured_background
+from shared.camera import PinholeCamera
+from shared.smpl import JOINT_INDEX, PART_INDEX
+
+
+@pytest.fixture(scope="module")
+def subject(open_body):
+    """A photo of the sample person at 256 px with its true parameters."""
+    size = 256
+    pose = subject_pose()
+    betas = np.zeros(open_body.num_betas)
+    betas[:3] = [0.5, -0.3, 0.4]
+    transl = frame_body(open_body, pose, betas, DISTANCE)
+    camera = PinholeCamera.from_focal(FOCAL * size / SIZE, size, size)
+    rgb, mask = render_flat(open_body, pose, betas, transl, camera, textured_background(size, np.random.default_rng(0)))
+    return {"photo": rgb, "mask": mask, "camera": camera, "pose": pose, "betas": betas, "transl": transl}
+
+
+@pytest.fixture(scope="module")
+def body_shaped(open_body, subject):
+    """An avatar after stage A with the quick field (the body, neutral grey)."""
+    cfg = quick()
+    torch.manual_seed(0)
+    avatar = Avatar(open_body, subject["betas"], cfg.field, cfg.motion, cfg.render)
+    report = run_stage_a(avatar, cfg.stage_a)
+    return avatar, report
+
+
+def orbit(subject, yaw, size=128):
+    """A camera around the subject: frame_body puts the posed body's box centre at (0, 0, DISTANCE)."""
+    pose = subject["pose"]
+    up = body_up(pose[:3])
+    cam = subject["camera"]
+    return orbit_camera(np.array([0.0, 0.0, DISTANCE]), body_facing_yaw(pose[:3], up), yaw, 0.0, DISTANCE,
+                        float(cam.K[0, 0]) * size / cam.width, size, size, up=up)
+
+
+def test_stage_a_alpha_matches_body_silhouette_from_several_views(body_shaped, subject):
+    avatar, report = body_shaped
+    assert report["seconds"] < 120
+    for yaw in (0, 60, 135, 180, 270):
+        with torch.no_grad():
+            out = avatar.render(orbit(subject, yaw), subject["pose"], subject["transl"])
+        a, b = out.alpha.numpy() > 0.5, out.body_mask.numpy()
+        iou = (a & b).sum() / (a | b).sum()
+        assert iou >= 0.9, (yaw, iou)
+        # neutral grey where the body is
+        assert np.allclose(out.rgb.numpy()[b & a].mean(0), 0.5, atol=0.08)
+
+
+def test_gradients_reach_every_parameter_group(open_body, subject):
+    cfg = tiny()
+    torch.manual_seed(0)
+    avatar = Avatar(open_body, subject["betas"], cfg.field, MotionConfig(nonrigid=True), cfg.render)
+    run_stage_a(avatar, cfg.stage_a)
+    cam = orbit(subject, 20, size=40)
+    out = avatar.render(cam, subject["pose"], subject["transl"], jitter=True)
+    target = torch.rand_like(out.rgb)
+    ((out.rgb - target) ** 2).mean().add(out.alpha.mean()).backward()
+    groups = {"field planes": avatar.field.plane_xy, "field mlp": avatar.field.mlp[0].weight,
+              "skinning weights": avatar.skin.logits, "pose correction": avatar.pose_corrector.net[-1].weight,
+              "non-rigid offsets": avatar.nonrigid.net[-1].weight}
+    for name, p in groups.items():
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+
+
+def _descends(params, loss_fn, lr=1e-2, steps=3) -> tuple[float, float]:
+    opt = torch.optim.Adam(params, lr=lr)
+    first = None
+    for _ in range(steps):
+        loss = loss_fn()
+        first = float(loss.detach()) if first is None else first
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return first, float(loss_fn().detach())
+
+
+def test_silhouette_and_edge_losses_pull_alpha_to_the_body(open_body, subject):
+    cfg = tiny()
+    torch.manual_seed(0)
+    # no stage A: a random field fills the whole marched band around the body, so its
+    # outline lies `margin` outside the body's; the edge loss must pull it in
+    avatar = Avatar(open_body, subject["betas"], cfg.field, cfg.motion, cfg.render)
+    with torch.no_grad():
+        avatar.field.mlp[-1].bias[0] = -3.0   # semi-transparent, not saturated: gradients flow
+    cam = orbit(subject, 150, size=48)
+
+    def render():
+        return avatar.render(cam, subject["pose"], subject["transl"])
+    mask = render().body_mask[None, None].float()
+    dist = L.edge_distance_map(mask)
+
+    def edge():
+        return L.edge_loss(render().alpha[None, None], dist)
+    before, after = _descends(list(avatar.field.parameters()), edge, lr=5e-3)
+    assert after < before
+
+    # an empty field: the silhouette loss must fill the body's silhouette
+    with torch.no_grad():
+        avatar.field.mlp[-1].bias[0] = -5.0
+
+    def sil():
+        return L.silhouette_loss(render().alpha[None, None], mask)
+    with torch.no_grad():
+        alpha_before = render().alpha[mask[0, 0] > 0].mean()
+    before, after = _descends(list(avatar.field.parameters()), sil, lr=3e-2, steps=5)
+    assert before > 0.5 and after < before - 0.05
+    with torch.no_grad():
+        assert render().alpha[mask[0, 0] > 0].mean() > alpha_before
+
+
+def test_input_view_and_clip_losses_descend(open_body, subject, tiny_clip):
+    cfg = tiny()
+    torch.manual_seed(0)
+    avatar = Avatar(open_body, subject["betas"], cfg.field, cfg.motion, cfg.render)
+    run_stage_a(avatar, cfg.stage_a)
+    target = make_photo_target(subject["photo"], subject["mask"], subject["camera"], subject["pose"],
+                               subject["transl"], cfg.render.background, "cpu")
+    stage = StageB(avatar, target, cfg, clip=tiny_clip, prompt="a person in a red shirt")
+    state = new_state(avatar, cfg)
+    stage.rng, stage.gen = state.rng, state.generator
+    params = list(avatar.field.parameters())
+    for term in ("mse", "ssim", "input_alpha"):
+        def input_term(term=term):
+            torch.manual_seed(1)
+            stage.rng = np.random.default_rng(5)
+            stage.gen = torch.Generator().manual_seed(5)
+            return stage.input_view()[term]
+        before, after = _descends(params, input_term)
+        assert after < before, term
+    for term in ("clip_image", "clip_text", "silhouette", "edge"):
+        def novel_term(term=term):
+            stage.rng = np.random.default_rng(7)
+            stage.gen = torch.Generator().manual_seed(7)
+            return stage.novel_view()[term]
+        before, after = _descends(params, novel_term, lr=3e-3)
+        assert after < before, term
+
+
+def test_hybrid_sampling_switches(open_body, subject):
+    cfg = dataclasses.replace(tiny(), part_sampling=False, rotation_sampling=False)
+    torch.manual_seed(0)
+    avatar = Avatar(open_body, subject["betas"], cfg.field, cfg.motion, cfg.render)
+    target = make_photo_target(subject["photo"], subject["mask"], subject["camera"], subject["pose"],
+                               subject["transl"], cfg.render.background, "cpu")
+    stage = StageB(avatar, target, cfg)
+    state = new_state(avatar, cfg)
+    stage.rng, stage.gen = state.rng, state.generator
+    parts = {stage.novel_view()["_part"] for _ in range(6)}
+    assert parts == {"full_body"}
+    on = StageB(avatar, target, tiny())
+    on.rng, on.gen = np.random.default_rng(0), torch.Generator().manual_seed(0)
+    assert len({on.novel_view()["_part"] for _ in range(12)}) > 2
+
+
+def test_short_quick_fit_beats_stage_a_on_the_input_view(open_body, subject):
+    cfg = dataclasses.replace(quick(), stage_b=dataclasses.replace(quick().stage_b, iterations=80, input_size=64,
+                                                                   novel_size=48))
+    torch.manual_seed(0)
+    avatar = Avatar(open_body, subject["betas"], cfg.field, cfg.motion, cfg.render)
+    run_stage_a(avatar, cfg.stage_a)
+    cam = subject["camera"].scaled(0.5)
+    photo = torch.nn.functional.interpolate(
+        torch.as_tensor(subject["photo"] * subject["mask"][..., None] + (1 - subject["mask"][..., None]))
+        .permute(2, 0, 1)[None], size=(cam.height, cam.width), mode="area")[0].permute(1, 2, 0).numpy()
+    box = (slice(20, 110), slice(25, 105))  # the person's box at 128 px
+
+    def score():
+        with torch.no_grad():
+            return psnr(avatar.render(cam, subject["pose"], subject["transl"]).rgb.numpy()[box], photo[box])
+    before = score()
+    target = make_photo_target(subject["photo"], subject["mask"], subject["camera"], subject["pose"],
+                               subject["transl"], cfg.render.background, "cpu")
+    run_stage_b(StageB(avatar, target, cfg), new_state(avatar, cfg), cfg.stage_b.iterations)
+    after = score()
+    assert after > before + 3.0, (before, after)
+
+
+def test_novel_pose_moves_the_left_arm_pixels_only(body_shaped, subject, open_body):
+    avatar, _ = body_shaped
+    cam = subject["camera"].scaled(0.5)
+    raised = subject["pose"].copy()
+    j = JOINT_INDEX["left_shoulder"]
+    raised[3 * j: 3 * j + 3] = (0.0, 0.0, 0.6)
+    with torch.no_grad():
+        a = avatar.render(cam, subject["pose"], subject["transl"]).rgb.numpy()
+        b = avatar.render(cam, raised, subject["transl"]).rgb.numpy()
+    changed = np.abs(a - b).max(-1) > 0.1
+    assert changed.sum() > 30
+
+    def part_region(pose, parts):
+        with torch.no_grad():
+            v = open_body(pose, subject["betas"], subject["transl"]).vertices
+            uv, _ = project(v, *camera_tensors(cam))
+        sel = np.isin(open_body.part_labels.numpy(), [PART_INDEX[p] for p in parts])
+        x0, y0 = uv[0, sel].min(0).values.numpy() - 3
+        x1, y1 = uv[0, sel].max(0).values.numpy() + 3
+        yy, xx = np.mgrid[0:cam.height, 0:cam.width] + 0.5
+        return (xx >= x0) & (xx <= x1) & (yy >= y0) & (yy <= y1)
+    arm = part_region(subject["pose"], ["left_arm", "left_hand_forearm"]) | \
+        part_region(raised, ["left_arm", "left_hand_forearm"])
+    right_leg = part_region(subject["pose"], ["right_upper_leg", "right_leg_foot"])
+    assert changed[arm].sum() >= 0.9 * changed.sum()
+    assert changed[right_leg].sum() == 0
+
+
+def test_save_load_renders_identically(body_shaped, subject, tmp_path, open_body):
+    avatar, _ = body_shaped
+    rec = AvatarRecord(avatar, quick(), subject["camera"], subject["pose"], subject["transl"], "open_body",
+                       "done", 0, report={"warnings": ["w"]})
+    path = tmp_path / "a.avatar"
+    save_avatar(path, rec)
+    loaded = load_avatar(path, open_body)
+    assert loaded.stage == "done" and loaded.report["warnings"] == ["w"]
+    assert loaded.config == quick()
+    cam = subject["camera"].scaled(0.25)
+    with torch.no_grad():
+        a = avatar.render(cam, subject["pose"], subject["transl"])
+        b = loaded.avatar.render(cam, loaded.pose, loaded.transl)
+    assert torch.equal(a.rgb, b.rgb) and torch.equal(a.alpha, b.alpha)
+    assert not list(tmp_path.glob(".*.tmp"))  # the atomic write left nothing behind
+
+
+def test_avatar_file_errors(tmp_path, body_shaped, subject, open_body):
+    with pytest.raises(AvatarFileError, match="no such avatar file"):
+        load_avatar(tmp_path / "none.avatar", open_body)
+    junk = tmp_path / "junk.avatar"
+    junk.write_bytes(b"not a torch file")
+    with pytest.raises(AvatarFileError, match="junk.avatar: not a readable avatar file"):
+        load_avatar(junk, open_body)
+    avatar, _ = body_shaped
+    path = tmp_path / "a.avatar"
+    save_avatar(path, AvatarRecord(avatar, quick(), subject["camera"], subject["pose"], subject["transl"],
+                                   "open_body", "done", 0))
+    data = torch.load(path, weights_only=True)
+    data["version"] = 99
+    torch.save(data, tmp_path / "future.avatar")
+    with pytest.raises(AvatarFileError, match="version 99 is not supported"):
+        load_avatar(tmp_path / "future.avatar", open_body)
+    data["version"] = 1
+    data["body"]["identity"] = "smpl-0123"
+    torch.save(data, tmp_path / "other.avatar")
+    with pytest.raises(AvatarFileError, match="made with body model smpl-0123"):
+        load_avatar(tmp_path / "other.avatar", open_body)
+
+
+def test_interrupted_fit_resumes_from_its_checkpoint(open_body, subject, tmp_path):
+    cfg = dataclasses.replace(tiny(), stage_b=StageBConfig(iterations=8, input_size=32, novel_size=24,
+                                                           checkpoint_every=2))
+    args = (open_body, subject["photo"], subject["mask"], subject["camera"], subject["pose"], subject["betas"],
+            subject["transl"])
+    logs = []
+    straight = fit_avatar(*args, tmp_path / "straight.avatar", cfg, log=logs.append)
+    part = fit_avatar(*args, tmp_path / "resumed.avatar", cfg, log=logs.append, stop_after=5)
+    assert part.record.stage == "B" and part.record.iteration == 5
+    on_disk = load_avatar(tmp_path / "resumed.avatar", open_body)
+    assert on_disk.iteration == 5 and on_disk.optimiser is not None
+    resumed = fit_avatar(*args, tmp_path / "resumed.avatar", cfg, log=logs.append)
+    assert any("resuming from" in m and "iteration 5" in m for m in logs)
+    assert resumed.record.stage == "done" and resumed.record.iteration == 8
+    a, b = straight.record.avatar.avatar_state(), resumed.record.avatar.avatar_state()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-5), k
+    # a finished fit of the same inputs is not redone; other inputs start over
+    again = fit_avatar(*args, tmp_path / "resumed.avatar", cfg, log=logs.append)
+    assert "already a finished fit" in logs[-1] and again.record.iteration == 8
+
+
+def test_presets_are_typed_and_round_trip():
+    for name in ("quick", "full", "tiny"):
+        cfg = preset(name)
+        assert isinstance(cfg, FitConfig) and FitConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="unknown preset 'fast'"):
+        preset("fast")
