@@ -173,6 +173,8 @@ def run_avatar_fit(photo=None, mask=None, params=None, elicit_dir=None, body_spe
     out = Path(out)
     work = out.with_suffix("")  # beside the avatar: overlay, fitted params, reports
     body = load_body_model(body_spec)
+    # the priors first: a missing weights file should stop the job before minutes of body fitting
+    clip, lpips, warnings = load_priors(cfg, clip_spec, lpips_weights, dev, log)
     fitted = None
     if fit_body:
         fitted = run_body_fit(photo=photo, mask=mask, params=params, elicit_dir=elicit_dir, body_spec=body_spec,
@@ -191,7 +193,6 @@ def run_avatar_fit(photo=None, mask=None, params=None, elicit_dir=None, body_spe
                 f"using the average shape (run with the body fit to recover it)")
             betas = np.zeros(body.num_betas)
         betas = np.pad(np.asarray(betas, float), (0, max(0, body.num_betas - len(betas))))[: body.num_betas]
-    clip, lpips, warnings = load_priors(cfg, clip_spec, lpips_weights, dev, log)
     result = fit_avatar(body, inputs.image, mask_img, inputs.camera, pose, betas, transl, out, cfg,
                         body_spec=body_spec, clip=clip, lpips=lpips, prompt=prompt, warnings=warnings,
                         device=dev, resume=resume, log=log, progress=progress)

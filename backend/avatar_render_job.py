@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from backend.avatar.avatar_file import load_avatar
-from backend.avatar.sampling import body_facing_yaw, body_up, orbit_camera, relative_yaw
+from backend.avatar.sampling import body_up, orbit_from_camera
 from backend.errors import InputError
 from shared.camera import MAX_IMAGE_SIDE, PinholeCamera
 from shared.smpl import POSE_DIM
@@ -69,16 +69,11 @@ def load_camera_path(path) -> list[PinholeCamera]:
     return cams
 
 
-def turntable_cameras(camera: PinholeCamera, pose, transl, body_vertices: np.ndarray, frames: int
-                      ) -> list[PinholeCamera]:
-    """`frames` cameras circling the body at the input camera's distance, starting at its view."""
+def turntable_cameras(camera: PinholeCamera, pose, body_vertices: np.ndarray, frames: int) -> list[PinholeCamera]:
+    """`frames` cameras circling the body's vertical axis, starting at `camera` itself."""
     centre = (body_vertices.min(0) + body_vertices.max(0)) / 2.0
     up = body_up(np.asarray(pose)[:3])
-    facing = body_facing_yaw(np.asarray(pose)[:3], up)
-    start = relative_yaw(camera, centre, facing, up)
-    dist = float(np.linalg.norm(camera.center - centre))
-    return [orbit_camera(centre, facing, start + 360.0 * i / frames, 0.0, dist, float(camera.K[0, 0]),
-                         camera.width, camera.height, up=up) for i in range(frames)]
+    return [orbit_from_camera(camera, centre, up, 360.0 * i / frames) for i in range(frames)]
 
 
 def _write_mp4(frames: list[np.ndarray], path: Path, fps: int, log) -> bool:
@@ -113,8 +108,8 @@ def render_avatar(avatar_path, out_dir, *, turntable: int = 0, poses=None, camer
     if turntable:
         with torch.no_grad():
             _, _, verts = avatar.posed(rec.pose, rec.transl)
-        jobs = [(c, rec.pose, rec.transl) for c in turntable_cameras(base, rec.pose, rec.transl,
-                                                                     verts.cpu().numpy(), int(turntable))]
+        jobs = [(c, rec.pose, rec.transl) for c in turntable_cameras(base, rec.pose, verts.cpu().numpy(),
+                                                                     int(turntable))]
     elif poses is not None:
         seq, transl = load_pose_sequence(poses)
         jobs = [(base, p, rec.transl if transl is None else transl[i]) for i, p in enumerate(seq)]

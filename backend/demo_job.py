@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from backend.avatar.metrics import boxed_metrics
-from backend.avatar.sampling import body_facing_yaw, body_up, orbit_camera, relative_yaw, view_bin
+from backend.avatar.sampling import body_up, orbit_from_camera, view_bin
 from backend.body.model import BodyModel
 from backend.sample_subject import render_flat
 from shared.camera import PinholeCamera
@@ -54,27 +54,20 @@ def evaluate_demo(record, body: BodyModel, truth: dict, camera: PinholeCamera, o
     cam = camera.scaled(scale)
     white = np.ones((cam.height, cam.width, 3))
 
-    def orbit_frame(pose, v):
-        """Centre, up, facing and distance of a body seen by the input camera. Each body is
-        orbited in its own frame: from one photo the depth (and so the size) of the body is
-        ambiguous, and a fitted body 10 cm deeper would otherwise show up 10 cm sideways in
-        a side view, which measures the depth guess rather than the avatar."""
-        centre = (v.min(0) + v.max(0)) / 2.0
-        up = body_up(np.asarray(pose)[:3])
-        facing = body_facing_yaw(np.asarray(pose)[:3], up)
-        # yaw 0 is the photo's own view of that body (so "front" means "as photographed")
-        start = relative_yaw(camera, centre, facing, up)
-        return centre, up, facing + start, float(np.linalg.norm(camera.center - centre))
+    def axis(pose, v):
+        """Each body is turned about its own vertical axis: from one photo the depth (and so
+        the size) of the body is ambiguous, and a fitted body 10 cm deeper would otherwise
+        show up 10 cm sideways in a side view, which measures the depth guess, not the avatar."""
+        return (v.min(0) + v.max(0)) / 2.0, body_up(np.asarray(pose)[:3])
 
     with torch.no_grad():
         true_v = body(pose_t, betas_t, transl_t).vertices[0].cpu().numpy()
         fitted_v = avatar.posed(record.pose, record.transl)[2].cpu().numpy()
-    frames = {"truth": orbit_frame(pose_t, true_v), "avatar": orbit_frame(record.pose, fitted_v)}
+    axes = {"truth": axis(pose_t, true_v), "avatar": axis(record.pose, fitted_v)}
     rows = []
     (out_dir / "held_out").mkdir(parents=True, exist_ok=True)
     for yaw in HELD_OUT_YAWS:
-        views = {k: orbit_camera(c, facing, float(yaw), 0.0, dist, float(cam.K[0, 0]), cam.width, cam.height, up=up)
-                 for k, (c, up, facing, dist) in frames.items()}
+        views = {k: orbit_from_camera(cam, c, up, float(yaw)) for k, (c, up) in axes.items()}
         gt, gt_mask = render_flat(body, pose_t, betas_t, transl_t, views["truth"], white, light_from=camera.center)
         with torch.no_grad():
             pred = avatar.render(views["avatar"], record.pose, record.transl,

@@ -60,6 +60,10 @@ def bench(body, inputs, truth, preset_name: str, field_kind: str, dev, iteration
     run_stage_a(avatar, cfg.stage_a)
     _sync(dev)
     stage_a = time.perf_counter() - t
+    with torch.no_grad():  # how well stage A reproduces the body: rendered alpha vs. its silhouette
+        out = avatar.render(inputs.camera.scaled(0.25), truth["pose"], truth["transl"])
+        a, b = out.alpha > 0.5, out.body_mask
+        stage_a_iou = float((a & b).sum() / (a | b).sum())
     target = make_photo_target(inputs.image, inputs.mask, inputs.camera, truth["pose"], truth["transl"],
                                cfg.render.background, dev)
     stage = StageB(avatar, target, cfg, clip=clip)
@@ -74,6 +78,7 @@ def bench(body, inputs, truth, preset_name: str, field_kind: str, dev, iteration
         _sync(dev)
     per_it = (time.perf_counter() - t) / iterations
     row = {"preset": preset_name, "field": field_kind, "device": str(dev), "stage_a_s": stage_a,
+           "stage_a_iou": stage_a_iou,
            "s_per_iteration": per_it, "iterations": cfg.stage_b.iterations,
            "est_fit_s": stage_a + per_it * cfg.stage_b.iterations,
            "params": sum(p.numel() for p in avatar.parameters())}
@@ -94,11 +99,12 @@ def bench(body, inputs, truth, preset_name: str, field_kind: str, dev, iteration
 
 def table(rows) -> str:
     sizes = sorted({int(k[4:]) for r in rows for k in r if k.startswith("fps_")})
-    head = ["preset", "field", "device", "stage A (s)", "s / iteration", "iterations", "est. fit (s)"] + \
+    head = ["preset", "field", "device", "stage A (s)", "stage A IoU", "s / iteration", "iterations", "est. fit (s)"] + \
         [f"FPS {s}²" for s in sizes] + ["peak MB"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["preset"], r["field"], r["device"], f"{r['stage_a_s']:.1f}", f"{r['s_per_iteration']:.3f}",
+        cells = [r["preset"], r["field"], r["device"], f"{r['stage_a_s']:.1f}", f"{r['stage_a_iou']:.3f}",
+                 f"{r['s_per_iteration']:.3f}",
                  str(r["iterations"]), f"{r['est_fit_s']:.0f}"] + [f"{r[f'fps_{s}']:.2f}" for s in sizes] + \
             [f"{r['peak_mb']:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")

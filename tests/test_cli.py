@@ -65,3 +65,56 @@ def test_bad_input_is_one_clear_line(tmp_path):
     assert "missing" in proc.stderr
     proc = run("fit-body", "--photo", tmp_path / "x.png", "--out", tmp_path / "o")
     assert proc.returncode == 2 and "--params" in proc.stderr
+
+
+def test_fit_then_render_turntable_poses_and_cameras(sample, tmp_path):
+    avatar = tmp_path / "me.avatar"
+    proc = run("fit", "--elicit", sample, "--preset", "tiny", "--no-clip", "--no-body-fit", "--out", avatar,
+               "--prompt", "a red striped shirt")
+    assert proc.returncode == 0, proc.stderr
+    assert "stage A" in proc.stdout and re.search(r"stage B +20 .*ETA", proc.stdout)
+    assert "WARNING: fitted WITHOUT the CLIP semantic prior" in proc.stdout
+    assert "prompt is ignored" in proc.stdout
+    report = json.loads((tmp_path / "me" / "avatar_report.json").read_text())
+    assert any("WITHOUT the CLIP" in w for w in report["warnings"]) and report["stage_b"]["iterations"] == 20
+
+    proc = run("render", avatar, "--turntable", 3, "--scale", 0.25, "--out", tmp_path / "tt")
+    assert proc.returncode == 0, proc.stderr
+    frames = sorted((tmp_path / "tt").glob("frame_*.png"))
+    assert len(frames) == 3
+    imgs = [np.asarray(Image.open(f)) for f in frames]
+    assert imgs[0].shape == (128, 128, 4) and imgs[0][..., 3].max() > 200 and imgs[0][0, 0, 3] == 0
+    assert not np.array_equal(imgs[0], imgs[1])  # the view turns
+    assert "WITHOUT the CLIP" in proc.stdout     # the warning reaches every output
+
+    pose = np.load(sample / "gt_params.npz")["pose"][0]
+    raised = pose.copy()
+    raised[3 * 16 + 2] = 0.8   # left_shoulder
+    (tmp_path / "poses.json").write_text(json.dumps({"poses": [pose.tolist(), raised.tolist()]}))
+    proc = run("render", avatar, "--poses", tmp_path / "poses.json", "--scale", 0.25, "--out", tmp_path / "poses")
+    assert proc.returncode == 0, proc.stderr
+    a, b = (np.asarray(Image.open(tmp_path / "poses" / f"frame_000{i}.png")) for i in (0, 1))
+    assert a.shape == b.shape == (128, 128, 4) and not np.array_equal(a, b)
+
+    cam = {"K": [[300.0, 0, 32], [0, 300.0, 32], [0, 0, 1]], "R": np.eye(3).tolist(), "t": [0, 0, 0],
+           "width": 64, "height": 64}
+    (tmp_path / "cams.json").write_text(json.dumps({"cameras": [cam]}))
+    proc = run("render", avatar, "--cameras", tmp_path / "cams.json", "--out", tmp_path / "cams")
+    assert proc.returncode == 0, proc.stderr
+    assert np.asarray(Image.open(tmp_path / "cams" / "frame_0000.png")).shape == (64, 64, 4)
+
+    (tmp_path / "bad.json").write_text(json.dumps({"poses": [[0.0] * 71]}))
+    proc = run("render", avatar, "--poses", tmp_path / "bad.json", "--out", tmp_path / "bad")
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "(N, 72)" in proc.stderr
+
+
+def test_fit_without_clip_weights_says_where_and_how(sample, tmp_path):
+    env_dirs = {"AVATAR_CLIP_DIR": tmp_path / "clip", "HF_HOME": tmp_path / "hf", "HF_HUB_CACHE": tmp_path / "hf",
+                "XDG_CACHE_HOME": tmp_path / "xdg", "HOME": tmp_path}
+    env = dict(os.environ, PYTHONPATH=str(ROOT), **{k: str(v) for k, v in env_dirs.items()})
+    proc = subprocess.run([sys.executable, "-m", "backend", "fit", "--elicit", str(sample), "--preset", "tiny",
+                           "--no-body-fit", "--out", str(tmp_path / "a.avatar")],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.startswith("error: ") and "--no-clip" in proc.stderr and "ViT-L-14" in proc.stderr
+    assert not (tmp_path / "a.avatar").exists()

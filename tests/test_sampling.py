@@ -279,3 +279,22 @@ def test_tilted_body_up_axis():
         assert _depth(front, center + 0.2 * facing_dir) < _depth(front, center - 0.2 * facing_dir)
         side = orbit_camera(center, facing, 90.0, 0.0, 4.0, 800.0, 320, 320, up=up)
         assert _depth(side, center + 0.2 * left_dir) < _depth(side, center - 0.2 * left_dir)
+
+
+def test_orbit_from_camera_starts_at_the_camera_and_turns_to_the_bodys_left():
+    from backend.avatar.sampling import orbit_from_camera
+
+    # the photo's world: OpenCV camera at the origin, an upright body (up = -Y) facing it at z = 4
+    cam = PinholeCamera.from_focal(500.0, 64, 64)
+    orient = np.array([np.pi, 0.0, 0.0])
+    up = body_up(orient)
+    centre = np.array([0.1, 0.0, 4.0])
+    same = orbit_from_camera(cam, centre, up, 0.0)
+    assert np.allclose(same.R, cam.R) and np.allclose(same.t, cam.t)
+    side = orbit_from_camera(cam, centre, up, 90.0)
+    # the body's left (SMPL +x rotated by the orientation) now points at the camera
+    left = np.diag([1.0, -1.0, -1.0]) @ np.array([1.0, 0.0, 0.0])  # 180 degrees about x keeps +x
+    to_cam = side.center - centre
+    assert np.dot(to_cam / np.linalg.norm(to_cam), left) > 0.99
+    assert np.isclose(np.linalg.norm(side.center - centre), np.linalg.norm(cam.center - centre))
+    assert view_bin(relative_yaw(side, centre, body_facing_yaw(orient, up), up)) == "left"

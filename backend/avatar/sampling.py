@@ -364,3 +364,16 @@ def relative_yaw(camera: PinholeCamera, center, facing_yaw_deg: float, up=(0.0, 
     camera's, so that its bin is known: yaw of (camera centre - center) minus the facing yaw."""
     eye = -camera.R.T @ camera.t
     return wrap_yaw(_yaw_of(eye - np.asarray(center, dtype=np.float64).reshape(3), up) - facing_yaw_deg)
+
+
+def orbit_from_camera(camera: PinholeCamera, center, up, yaw_deg: float) -> PinholeCamera:
+    """The camera moved around the vertical axis (`up` through `center`) so that it sees the
+    body from `yaw_deg` further round (+90: from the body's left when the camera was in front).
+    Intrinsics, height, pitch and framing stay those of `camera`; yaw 0 is `camera` itself,
+    which makes it the natural start of turntables and held-out views of a photo."""
+    c = np.asarray(center, dtype=np.float64).reshape(3)
+    # seeing the body from further round = rotating the world the other way about the axis
+    rot = _axis_angle_matrix(_unit(up) * math.radians(-yaw_deg))
+    R = camera.R @ rot
+    t = camera.R @ (c - rot @ c) + camera.t
+    return PinholeCamera(camera.K, R, t, camera.width, camera.height)
