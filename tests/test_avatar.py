@@ -149,7 +149,7 @@ def test_input_view_and_clip_losses_descend(open_body, subject, tiny_clip):
             return stage.input_view()[term]
         before, after = _descends(params, input_term)
         assert after < before, term
-    for term in ("clip_image", "clip_text", "silhouette", "edge"):
+    for term in ("clip_image", "clip_text", "silhouette", "outside", "edge"):
         def novel_term(term=term):
             stage.rng = np.random.default_rng(7)
             stage.gen = torch.Generator().manual_seed(7)
