@@ -103,14 +103,16 @@ def run_demo(sample: Path, out_dir: Path, body: BodyModel, preset: str = "quick"
     """Returns (metrics, AvatarFitResult)."""
     from backend.avatar_fit_job import resolve_device, run_avatar_fit
     from backend.avatar_render_job import render_avatar
+    from backend.progress import ProgressPrinter
 
     start = time.perf_counter()
     out_dir = Path(out_dir)
     device = resolve_device(device)
+    progress = ProgressPrinter(every=50)
     result = run_avatar_fit(elicit_dir=sample, body_spec="open_body", preset=preset,
                             out=out_dir / "avatar.avatar", clip_spec=clip_spec, lpips_weights=lpips_weights,
-                            device=device, log=log,
-                            progress=_demo_progress(log))
+                            device=device, log=log, progress=progress)
+    progress.close()
     fit_seconds = time.perf_counter() - start
     log("rendering a turntable")
     render_avatar(result.path, out_dir / "turntable", turntable=24, scale=0.5, device=device,
@@ -126,14 +128,3 @@ def run_demo(sample: Path, out_dir: Path, body: BodyModel, preset: str = "quick"
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (out_dir / "metrics.md").write_text(format_table(metrics) + "\n")
     return metrics, result
-
-
-def _demo_progress(log):
-    def progress(rec):
-        it = rec["iteration"]
-        if rec.get("stage") == "A" or it % 50 == 0:
-            if rec.get("stage") == "A":
-                log(f"  stage A {it}/{rec['of']}  loss {rec['loss']:.4f}")
-            else:
-                log(f"  stage B {it}  {rec['seconds_per_iteration']:.2f} s/it  ETA {rec['eta_s']:.0f} s")
-    return progress

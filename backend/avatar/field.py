@@ -18,6 +18,18 @@ import torch.nn.functional as F
 DENSITY_SCALE = 100.0  # 1/m per unit of softplus output: keeps raw outputs near 1 for opaque bodies
 
 
+def to_unit_box(points: torch.Tensor, box_min: torch.Tensor, box_max: torch.Tensor) -> torch.Tensor:
+    """Points in metres -> [-1, 1]^3 over the box (grid_sample's and the encodings' range)."""
+    return (points - box_min) / (box_max - box_min) * 2.0 - 1.0
+
+
+def positional_encoding(p: torch.Tensor, frequencies: int) -> torch.Tensor:
+    """NeRF's encoding of points in [-1, 1]^3: (p, sin(2^k pi p), cos(2^k pi p)), k < frequencies."""
+    freq = (2.0 ** torch.arange(frequencies, device=p.device, dtype=p.dtype)) * torch.pi
+    enc = (p[:, :, None] * freq).reshape(p.shape[0], -1)
+    return torch.cat([p, enc.sin(), enc.cos()], -1)
+
+
 @dataclasses.dataclass(frozen=True)
 class FieldConfig:
     kind: str = "triplane"    # or "mlp": NeRF-style positional encoding + MLP (the benchmark's baseline)
@@ -54,7 +66,7 @@ class TriPlaneField(torch.nn.Module):
 
     def normalise(self, points: torch.Tensor) -> torch.Tensor:
         """Canonical points (N, 3) in metres -> [-1, 1]^3 over the box."""
-        return (points - self.box_min) / (self.box_max - self.box_min) * 2.0 - 1.0
+        return to_unit_box(points, self.box_min, self.box_max)
 
     def features(self, points: torch.Tensor) -> torch.Tensor:
         p = self.normalise(points)
@@ -108,10 +120,8 @@ class MLPField(torch.nn.Module):
     def forward(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if points.shape[0] == 0:
             return points.new_zeros(0), points.new_zeros(0, 3)
-        p = (points - self.box_min) / (self.box_max - self.box_min) * 2.0 - 1.0
-        freq = (2.0 ** torch.arange(self.frequencies, device=p.device, dtype=p.dtype)) * torch.pi
-        enc = (p[:, :, None] * freq).reshape(p.shape[0], -1)
-        out = self.mlp(torch.cat([p, enc.sin(), enc.cos()], -1)).float()
+        enc = positional_encoding(to_unit_box(points, self.box_min, self.box_max), self.frequencies)
+        out = self.mlp(enc).float()
         inside = ((points >= self.box_min) & (points <= self.box_max)).all(-1)
         return F.softplus(out[:, 0]) * DENSITY_SCALE * inside, torch.sigmoid(out[:, 1:])
 

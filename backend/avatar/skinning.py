@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from scipy.spatial import cKDTree
 
+from backend.avatar.field import positional_encoding, to_unit_box
 from shared.smpl import NUM_JOINTS
 
 
@@ -51,7 +52,7 @@ class SkinningVolume(torch.nn.Module):
     def forward(self, points: torch.Tensor) -> torch.Tensor:
         """Canonical points (N, 3) -> weights (N, 24), each row summing to 1."""
         # grid_sample with align_corners=True: the first/last cells sit on the box faces
-        p = (points - self.box_min) / (self.box_max - self.box_min) * 2.0 - 1.0
+        p = to_unit_box(points, self.box_min, self.box_max)
         grid = p[None, :, None, None, :].to(self.logits.dtype)   # (1, N, 1, 1, 3) as (x, y, z)
         logits = F.grid_sample(self.logits, grid, mode="bilinear", padding_mode="border",
                                align_corners=True)[0, :, :, 0, 0].t()
@@ -103,8 +104,6 @@ class NonRigidOffsets(torch.nn.Module):
         torch.nn.init.zeros_(self.net[-1].bias)
 
     def forward(self, points: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
-        p = (points - self.box_min) / (self.box_max - self.box_min) * 2.0 - 1.0
-        freq = (2.0 ** torch.arange(self.frequencies, device=p.device, dtype=p.dtype)) * torch.pi
-        enc = (p[:, :, None] * freq).reshape(p.shape[0], -1)
-        code = pose[:, 3:].expand(p.shape[0], -1).to(p.dtype)
-        return points + self.net(torch.cat([p, enc.sin(), enc.cos(), code], -1))
+        enc = positional_encoding(to_unit_box(points, self.box_min, self.box_max), self.frequencies)
+        code = pose[:, 3:].expand(points.shape[0], -1).to(enc.dtype)
+        return points + self.net(torch.cat([enc, code], -1))
