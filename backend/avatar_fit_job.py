@@ -79,9 +79,11 @@ def fit_avatar(body: BodyModel, photo: np.ndarray, mask: np.ndarray, camera, pos
                out_path: Path, cfg: FitConfig, *, body_spec: str = "open_body", clip=None, lpips=None,
                prompt: str | None = None, warnings=(), device="cpu", resume: bool = True,
                log: Callable[[str], None] = print, progress: Callable[[dict], None] | None = None,
+               on_step: Callable[[StageB, dict], None] | None = None,
                stop_after: int | None = None) -> AvatarFitResult:
-    """Stage A + stage B from prepared inputs (the body already fitted). `stop_after`: end
-    stage B after this many iterations in this call (tests of resuming)."""
+    """Stage A + stage B from prepared inputs (the body already fitted). `on_step(stage_b, record)`
+    runs after every stage-B iteration (the server's previews, renders between iterations and
+    cancel). `stop_after`: end stage B after this many iterations in this call (resume tests)."""
     out_path = Path(out_path)
     device = torch.device(device)
     key = _input_key(photo, mask, pose, betas, transl, cfg, prompt)
@@ -133,7 +135,13 @@ def fit_avatar(body: BodyModel, photo: np.ndarray, mask: np.ndarray, camera, pos
     def checkpoint(st):
         save_avatar(out_path, _with_state(dataclasses.replace(rec, iteration=st.iteration, report=report), st))
 
-    run_stage_b(stage, state, iterations, progress=progress, checkpoint=checkpoint,
+    def step_done(rec):
+        if progress is not None:
+            progress(rec)
+        if on_step is not None:
+            on_step(stage, rec)
+
+    run_stage_b(stage, state, iterations, progress=step_done, checkpoint=checkpoint,
                 checkpoint_every=cfg.stage_b.checkpoint_every)
     seconds = time.perf_counter() - start
     last = state.history[-50:]
@@ -163,7 +171,8 @@ def _mean_losses(history: list[dict]) -> dict:
 
 def run_avatar_fit(photo=None, mask=None, params=None, elicit_dir=None, body_spec="open_body", preset="quick",
                    out=Path("out/avatar.avatar"), prompt=None, clip_spec=None, lpips_weights=None,
-                   device=None, fit_body=True, resume=True, log=print, progress=None) -> AvatarFitResult:
+                   device=None, fit_body=True, resume=True, log=print, progress=None, on_step=None
+                   ) -> AvatarFitResult:
     """The whole job from files. clip_spec None: no semantic prior (warned in every output)."""
     from backend.body_fit_job import run_body_fit
     from backend.inputs import betas_for_body, load_fit_inputs
@@ -195,7 +204,7 @@ def run_avatar_fit(photo=None, mask=None, params=None, elicit_dir=None, body_spe
         betas = np.pad(np.asarray(betas, float), (0, max(0, body.num_betas - len(betas))))[: body.num_betas]
     result = fit_avatar(body, inputs.image, mask_img, inputs.camera, pose, betas, transl, out, cfg,
                         body_spec=body_spec, clip=clip, lpips=lpips, prompt=prompt, warnings=warnings,
-                        device=dev, resume=resume, log=log, progress=progress)
+                        device=dev, resume=resume, log=log, progress=progress, on_step=on_step)
     work.mkdir(parents=True, exist_ok=True)
     (work / "avatar_report.json").write_text(json.dumps(result.report, indent=2, default=str))
     return dataclasses.replace(result, body_fit=fitted)

@@ -7,6 +7,9 @@
   fit-body  fit the body to a photo + mask + params (ELICIT folder or JSON) and write an
             overlay PNG and the fitted parameters, printing silhouette IoU before/after
   sample    write the built-in sample subject (ELICIT format) into a folder
+  serve     run the backend service (ZeroMQ, docs/protocol.md)
+  keys      make CurveZMQ key pairs for remote use of the service
+  client    talk to a running service: ping, list, fit, render
 """
 from __future__ import annotations
 
@@ -66,6 +69,102 @@ def _cmd_render(args) -> int:
     files = render_avatar(args.avatar, args.out, turntable=args.turntable, poses=args.poses, cameras=args.cameras,
                           scale=args.scale, device=resolve_device(args.device), fps=args.fps)
     print(f"wrote {len(files)} files to {args.out}")
+    return 0
+
+
+def _cmd_serve(args) -> int:
+    import logging
+
+    from backend.service.server import CurveKeys, Server, ServerConfig
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    curve = None
+    if args.curve is not None:
+        curve = CurveKeys(args.curve / "server.key_secret", args.curve / "clients")
+    try:
+        server = Server(ServerConfig(store=args.store, bind=args.bind, port=args.port, device=args.device, curve=curve,
+                                     preview_every=args.preview_every))
+    except ValueError as exc:
+        raise AvatarError(str(exc)) from None
+    print(f"serving on tcp://{args.bind}:{server.port} (store {args.store}, device {server.worker.device}"
+          f"{', CurveZMQ' if curve else ''})", flush=True)
+    try:
+        server.serve()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _cmd_keys(args) -> int:
+    import zmq.auth
+
+    folder = args.folder
+    (folder / "clients").mkdir(parents=True, exist_ok=True)
+    zmq.auth.create_certificates(str(folder), "server")
+    for name in args.client:
+        zmq.auth.create_certificates(str(folder), name)
+        (folder / f"{name}.key").replace(folder / "clients" / f"{name}.key")  # the server allows these
+    print(f"wrote {folder}/server.key_secret (keep on the server), {folder}/server.key (give to clients) and, "
+          f"per client, <name>.key_secret (keep on the client) with its public key in {folder}/clients/")
+    return 0
+
+
+def _cmd_client(args) -> int:
+    from shared.client import ServiceClient, ServiceError
+
+    keys = {}
+    if args.server_key:
+        keys = {"server_key": args.server_key, "client_key": args.client_key}
+    try:
+        with ServiceClient(args.address, timeout=args.timeout, **keys) as c:
+            return _client_action(c, args)
+    except (ServiceError, TimeoutError) as exc:
+        raise AvatarError(str(exc)) from None
+
+
+def _client_action(c, args) -> int:
+    if args.action == "ping":
+        caps = c.hello()
+        print(f"pong in {c.ping() * 1000:.1f} ms; server: {caps}")
+    elif args.action == "list":
+        for a in c.list():
+            print(f"{a['id']}  {a['stage']:9s}  iteration {a['iteration']:5d}  {a['preset']}  {a.get('name') or ''}")
+    elif args.action == "fit":
+        from backend.inputs import load_fit_inputs
+
+        inp = load_fit_inputs(photo=args.photo, mask=args.mask, params=args.params, elicit_dir=args.elicit)
+        photo = (np.clip(inp.image, 0, 1) * 255).round().astype(np.uint8)
+        mask = None if inp.mask is None else (inp.mask > 0.5).astype(np.uint8) * 255
+        msg_id, job, warnings = c.start_fit(photo, inp.params.pose, inp.params.transl, inp.camera, mask=mask,
+                                            prompt=args.prompt, preset=args.preset, name=args.name)
+        print(f"job {job} accepted")
+        for w in warnings:
+            print(w)
+
+        def show(msg):
+            f = msg.fields
+            if "preview" not in msg.frames:
+                print(f"  stage {f['stage']} {f['iteration']}/{f['total']}  ETA {f.get('eta_s') or 0:.0f} s", flush=True)
+        try:
+            done = c.wait_fit(msg_id, show)
+        except KeyboardInterrupt:
+            c.cancel(job)
+            print(f"cancelled {job}")
+            return 1
+        print(f"avatar {done.fields['avatar']} done")
+    elif args.action == "render":
+        from PIL import Image
+
+        from backend.avatar_render_job import load_camera_path, load_pose_sequence
+
+        poses, transl = load_pose_sequence(args.poses)
+        cams = load_camera_path(args.cameras)
+        views = [{"pose": p, "transl": transl[i] if transl is not None else args.transl,
+                  "camera": cams[min(i, len(cams) - 1)]} for i, p in enumerate(poses)]
+        args.out.mkdir(parents=True, exist_ok=True)
+        for i, rgba in c.render_stream(args.avatar, views):
+            Image.fromarray(rgba, "RGBA").save(args.out / f"frame_{i:04d}.png")
+        print(f"wrote {len(views)} frames to {args.out}")
     return 0
 
 
@@ -172,6 +271,40 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=Path("out/demo"))
     _add_prior_args(demo)
     demo.set_defaults(func=_cmd_demo)
+
+    serve = sub.add_parser("serve", help="run the backend service")
+    serve.add_argument("--store", type=Path, default=DEFAULT_CACHE / "avatars", help="where avatars are kept")
+    serve.add_argument("--bind", default="127.0.0.1", help="interface; anything but localhost needs --curve")
+    serve.add_argument("--port", type=int, default=5557)
+    serve.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    serve.add_argument("--curve", type=Path, help="folder made by 'keys': server.key_secret + clients/")
+    serve.add_argument("--preview-every", type=int, default=25, help="fit iterations between preview images")
+    serve.set_defaults(func=_cmd_serve)
+
+    keys = sub.add_parser("keys", help="make CurveZMQ certificates for remote use")
+    keys.add_argument("folder", type=Path)
+    keys.add_argument("--client", action="append", default=[], help="a client name (repeatable)")
+    keys.set_defaults(func=_cmd_keys)
+
+    client = sub.add_parser("client", help="talk to a running service")
+    client.add_argument("action", choices=["ping", "list", "fit", "render"])
+    client.add_argument("--address", default="tcp://127.0.0.1:5557")
+    client.add_argument("--timeout", type=float, default=60.0)
+    client.add_argument("--server-key", type=Path, help="the server's public certificate (server.key)")
+    client.add_argument("--client-key", type=Path, help="this client's secret certificate (<name>.key_secret)")
+    client.add_argument("--elicit", type=Path)
+    client.add_argument("--photo", type=Path)
+    client.add_argument("--mask", type=Path)
+    client.add_argument("--params", type=Path)
+    client.add_argument("--prompt")
+    client.add_argument("--preset", default="quick")
+    client.add_argument("--name")
+    client.add_argument("--avatar", help="avatar id (render)")
+    client.add_argument("--poses", type=Path, help="pose sequence (render)")
+    client.add_argument("--cameras", type=Path, help="camera path JSON (render; the last camera repeats)")
+    client.add_argument("--transl", type=float, nargs=3, default=[0.0, 0.0, 0.0])
+    client.add_argument("--out", type=Path, default=Path("out/stream"))
+    client.set_defaults(func=_cmd_client)
 
     sample = sub.add_parser("sample", help="write the built-in sample subject (ELICIT format)")
     sample.add_argument("out", type=Path)

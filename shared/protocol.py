@@ -205,7 +205,13 @@ class MessageType:
     doc: str = ""
 
 
+_HEADER_KEYS = ("v", "type", "id", "frames")
+
+
 def _types(*defs: MessageType) -> dict[str, MessageType]:
+    for d in defs:
+        clash = set(d.fields) & set(_HEADER_KEYS)
+        assert not clash, f"{d.name}: field names {clash} are reserved for the header"
     return {d.name: d for d in defs}
 
 
@@ -230,13 +236,15 @@ MESSAGES = _types(
                         "name": optional(string(200))},
                 frames=("photo", "mask"),
                 doc="client -> server: photo (uint8 HxWx3|4) [+ mask uint8 HxW] + body params"),
-    MessageType("accepted", {"job": required(string(64))}, doc="server -> client: a fit job started"),
+    MessageType("accepted", {"job": required(string(64)), "warnings": optional(list_of(string(1000), 16))},
+                doc="server -> client: a fit job is queued (its id is also the avatar's id)"),
     MessageType("progress", {"job": required(string(64)), "stage": required(string(8)),
                              "iteration": required(integer(0, 1 << 31)), "total": required(integer(0, 1 << 31)),
                              "losses": optional(number_map(64)),
                              "eta_s": optional(number(0.0))},
                 frames=("preview",), doc="server -> client during a fit; preview every N iterations"),
-    MessageType("done", {"job": required(string(64)), "avatar": AVATAR_ID}),
+    MessageType("done", {"job": required(string(64)), "avatar": AVATAR_ID,
+                         "warnings": optional(list_of(string(1000), 16))}),
     MessageType("cancel", {"job": required(string(64))}),
     MessageType("cancelled", {"job": required(string(64))}),
     # avatars
@@ -255,7 +263,7 @@ MESSAGES = _types(
     MessageType("frame", {"index": required(integer(0, MAX_SEQUENCE)), "stream": optional(string(64)),
                           "seconds": optional(number(0.0))},
                 frames=("rgba",), doc="server -> client: an RGBA image (uint8 or float16, straight alpha)"),
-    MessageType("stream_done", {"stream": required(string(64)), "frames": required(integer(0, MAX_SEQUENCE))}),
+    MessageType("stream_done", {"stream": required(string(64)), "count": required(integer(0, MAX_SEQUENCE))}),
     MessageType("error", {"code": required(string(64)), "message": required(string(MAX_STRING))}),
 )
 
@@ -309,7 +317,7 @@ def _plain(v):
 
 
 def _validate_fields(spec: MessageType, fields: dict) -> dict:
-    unknown = set(fields) - set(spec.fields) - {"v", "type", "id", "frames"}
+    unknown = set(fields) - set(spec.fields) - set(_HEADER_KEYS)
     if unknown:
         raise ProtocolError(BAD_FIELD, f"{spec.name}: unknown fields {sorted(map(str, unknown))[:5]}")
     return {k: check(fields.get(k), f"{spec.name}.{k}") for k, check in spec.fields.items()}
@@ -343,7 +351,7 @@ def decode(parts: list[bytes]) -> Message:
     if isinstance(msg_id, bool) or not isinstance(msg_id, int) or not 0 <= msg_id < 1 << 63:
         raise ProtocolError(BAD_FIELD, f"{type_}.id: expected a non-negative integer")
     descriptors = header.get("frames", [])
-    fields = _validate_fields(spec, {k: v for k, v in header.items() if k not in ("v", "type", "id", "frames")})
+    fields = _validate_fields(spec, {k: v for k, v in header.items() if k not in _HEADER_KEYS})
     frames = _decode_frames(spec, descriptors, parts[1:])
     return Message(type_, fields, frames, msg_id)
 

@@ -201,6 +201,7 @@ def run_stage_b(stage: StageB, state: FitState, iterations: int,
         state.history.append(rec)
         done = state.iteration - first
         rate = (time.perf_counter() - start) / done
+        rec["of"] = iterations
         rec["eta_s"] = rate * (iterations - state.iteration)
         rec["seconds_per_iteration"] = rate
         if progress is not None:

@@ -1,0 +1,1 @@
+"""The backend service: ZeroMQ server, compute worker and avatar store."""

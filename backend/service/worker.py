@@ -1,0 +1,380 @@
+"""The service's single compute worker: fits, single renders and render streams, one at a time.
+
+Order: waiting single renders first, then streams, then fits (FIFO). While a fit runs,
+single renders are answered between its iterations (a render waits for at most one
+iteration: ~0.25 s with `quick` on a 2-core CPU); streams wait for the fit to end. A stream
+keeps at most `window` frames unacknowledged (back-pressure: a slow client never makes the
+server buffer frames).
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import secrets
+import threading
+import time
+
+import numpy as np
+import torch
+import zmq
+
+from backend.avatar.config import PRESETS
+from backend.errors import AvatarError
+from backend.service.store import AvatarStore
+from shared import protocol as P
+from shared.camera import PinholeCamera
+
+log = logging.getLogger("avatar.worker")
+SERVED_PRESETS = ("quick", "full", "tiny")
+
+
+class FitCancelled(Exception):
+    pass
+
+
+@dataclasses.dataclass
+class FitJob:
+    avatar_id: str
+    identity: bytes | None      # None: resumed after a restart, nobody to tell
+    request_id: int
+    cancel: threading.Event = dataclasses.field(default_factory=threading.Event)
+
+
+@dataclasses.dataclass
+class Stream:
+    identity: bytes
+    request_id: int
+    avatar: str
+    views: list
+    format: str
+    window: int
+    id: str = dataclasses.field(default_factory=lambda: secrets.token_hex(6))
+    acked: int = -1
+    cancelled: bool = False
+
+
+@dataclasses.dataclass
+class RenderRequest:
+    identity: bytes
+    request_id: int
+    avatar: str
+    view: dict
+    format: str
+    received: float = dataclasses.field(default_factory=time.perf_counter)
+
+
+class Worker(threading.Thread):
+    def __init__(self, ctx: zmq.Context, outbox: str, store: AvatarStore, device: str = "auto",
+                 preview_every: int = 25):
+        super().__init__(name="avatar-worker", daemon=True)
+        from backend.avatar_fit_job import resolve_device
+
+        self.ctx, self.outbox_address, self.store = ctx, outbox, store
+        self.device = resolve_device(device)
+        self.preview_every = preview_every
+        self.presets = tuple(p for p in SERVED_PRESETS if p in PRESETS)
+        self.lock = threading.Condition()
+        self.fits: collections.deque[FitJob] = collections.deque()
+        self.renders: collections.deque[RenderRequest] = collections.deque()
+        self.streams: collections.deque[Stream] = collections.deque()
+        self.running: FitJob | None = None
+        self.status: dict[str, dict] = {}
+        self._stopping = False
+        self._cache: dict[str, tuple[float, object]] = {}
+        self.render_delays: list[float] = []   # seconds a single render waited during a fit
+        self._scan_store()
+
+    # ------------------------------------------------------------------ called by the network thread
+    def capabilities(self, max_side: int) -> dict:
+        return {"device": str(self.device), "body_models": ["open_body"], "clip": self._clip_spec() is not None,
+                "presets": list(self.presets), "max_image_side": max_side}
+
+    def list_avatars(self) -> list[dict]:
+        with self.lock:
+            return [{"id": i, "stage": s["stage"], "iteration": s["iteration"], "preset": s["preset"],
+                     "name": s.get("name") or None} for i, s in self.status.items()]
+
+    def known_avatars(self) -> set[str]:
+        with self.lock:
+            return set(self.status)
+
+    def submit_fit(self, avatar_id: str, identity: bytes, request_id: int) -> list[str]:
+        job = self.store.job(avatar_id)
+        with self.lock:
+            self.status[avatar_id] = {"stage": "queued", "iteration": 0, "preset": job["preset"], "name": job["name"]}
+            self.fits.append(FitJob(avatar_id, identity, request_id))
+            self.lock.notify_all()
+        return [] if self._clip_spec() is not None else [_no_clip_warning()]
+
+    def cancel(self, job_id: str) -> bool:
+        with self.lock:
+            for job in list(self.fits):
+                if job.avatar_id == job_id:
+                    self.fits.remove(job)
+                    self._mark_cancelled(job_id)
+                    return True
+            if self.running is not None and self.running.avatar_id == job_id:
+                self.running.cancel.set()
+                return True
+        return False
+
+    def submit_render(self, identity: bytes, request_id: int, avatar: str, view: dict, fmt: str) -> None:
+        with self.lock:
+            self.renders.append(RenderRequest(identity, request_id, avatar, view, fmt))
+            self.lock.notify_all()
+
+    def submit_stream(self, stream: Stream) -> None:
+        with self.lock:
+            self.streams.append(stream)
+            self.lock.notify_all()
+
+    def ack(self, identity: bytes, stream_id: str, index: int) -> None:
+        with self.lock:
+            for s in self._all_streams():
+                if s.id == stream_id and s.identity == identity:
+                    s.acked = max(s.acked, index)
+            self.lock.notify_all()
+
+    def drop_client(self, identity: bytes) -> None:
+        with self.lock:
+            for s in self._all_streams():
+                if s.identity == identity:
+                    s.cancelled = True
+            self.renders = collections.deque(r for r in self.renders if r.identity != identity)
+            self.lock.notify_all()
+
+    def resume_unfinished(self) -> None:
+        """After a restart: fits that were queued or running continue (from their checkpoint)."""
+        with self.lock:
+            for avatar_id, st in self.status.items():
+                if st["stage"] not in ("done", "cancelled"):
+                    self.fits.append(FitJob(avatar_id, None, 0))
+            self.lock.notify_all()
+
+    def stop(self) -> None:
+        with self.lock:
+            self._stopping = True
+            if self.running is not None:
+                self.running.cancel.set()
+            for s in self._all_streams():
+                s.cancelled = True
+            self.lock.notify_all()
+        if self.is_alive():
+            self.join(timeout=30)
+
+    # ------------------------------------------------------------------ the worker thread
+    def run(self) -> None:
+        self.push = self.ctx.socket(zmq.PUSH)
+        self.push.setsockopt(zmq.LINGER, 0)
+        self.push.connect(self.outbox_address)
+        self._current_stream = None
+        try:
+            while True:
+                with self.lock:
+                    while not (self._stopping or self.renders or self.streams or self.fits):
+                        self.lock.wait()
+                    if self._stopping:
+                        return
+                    if self.renders:
+                        task = ("render", self.renders.popleft())
+                    elif self.streams:
+                        task = ("stream", self.streams.popleft())
+                    else:
+                        task = ("fit", self.fits.popleft())
+                        self.running = task[1]
+                try:
+                    if task[0] == "render":
+                        self._render_request(task[1])
+                    elif task[0] == "stream":
+                        self._stream(task[1])
+                    else:
+                        self._fit(task[1])
+                finally:
+                    with self.lock:
+                        self.running = None
+        finally:
+            self.push.close(linger=0)
+
+    def _send(self, identity: bytes | None, type_: str, fields: dict, frames=None, id: int = 0) -> None:
+        if identity is not None:
+            self.push.send_multipart([identity] + P.encode(type_, fields, frames, id=id))
+
+    def _error(self, identity, request_id, code: str, message: str) -> None:
+        self._send(identity, "error", {"code": code, "message": message[:P.MAX_STRING]}, id=request_id)
+
+    # ------------------------------------------------------------------ fits
+    def _clip_spec(self):
+        from backend.avatar.clip_prior import ClipError, ClipSpec, resolve_weights
+
+        spec = ClipSpec()
+        try:
+            resolve_weights(spec)
+        except ClipError:
+            return None
+        return spec
+
+    def _fit(self, job: FitJob) -> None:
+        from backend.avatar_fit_job import run_avatar_fit
+
+        meta = self.store.job(job.avatar_id)
+        inputs = self.store.inputs(job.avatar_id)
+        self._set_status(job.avatar_id, stage="A", iteration=0)
+
+        def progress(rec):
+            if job.cancel.is_set() or self._stopping:
+                raise FitCancelled()
+            stage = rec.get("stage", "B")
+            losses = {k: v for k, v in rec.items() if isinstance(v, float) and k not in
+                      ("eta_s", "seconds_per_iteration") and np.isfinite(v)}
+            total = rec.get("of", 0)
+            self._set_status(job.avatar_id, stage=stage, iteration=rec["iteration"] if stage == "B" else 0)
+            self._send(job.identity, "progress", {"job": job.avatar_id, "stage": stage, "iteration": rec["iteration"],
+                                                  "total": total, "losses": losses,
+                                                  "eta_s": rec.get("eta_s")}, id=job.request_id)
+
+        def on_step(stage, rec):
+            self._renders_between_iterations()
+            if self.preview_every and rec["iteration"] % self.preview_every == 0 and job.identity is not None:
+                self._send(job.identity, "progress", {"job": job.avatar_id, "stage": "B",
+                                                      "iteration": rec["iteration"], "total": rec.get("of", 0)},
+                           {"preview": _preview(stage)}, id=job.request_id)
+
+        try:
+            result = run_avatar_fit(photo=inputs["photo"], mask=inputs["mask"], params=inputs["params"],
+                                    body_spec=meta.get("body", "open_body"), preset=meta["preset"],
+                                    out=self.store.avatar_path(job.avatar_id), prompt=meta.get("prompt") or None,
+                                    clip_spec=self._clip_spec(), device=self.device,
+                                    fit_body=meta.get("fit_body", True), resume=True,
+                                    log=lambda m: log.info("%s: %s", job.avatar_id, m),
+                                    progress=progress, on_step=on_step)
+        except FitCancelled:
+            if not self._stopping:
+                self._mark_cancelled(job.avatar_id)
+            return
+        except AvatarError as exc:
+            self._set_status(job.avatar_id, stage="failed")
+            self._error(job.identity, job.request_id, P.BAD_FIELD, f"fit {job.avatar_id}: {exc}")
+            return
+        except Exception as exc:  # noqa: BLE001 - report, keep the worker alive
+            log.exception("fit %s failed", job.avatar_id)
+            self._set_status(job.avatar_id, stage="failed")
+            self._error(job.identity, job.request_id, P.INTERNAL, f"fit {job.avatar_id} failed: {exc}")
+            return
+        self._set_status(job.avatar_id, stage="done", iteration=result.record.iteration)
+        self._send(job.identity, "done", {"job": job.avatar_id, "avatar": job.avatar_id,
+                                          "warnings": list(result.report.get("warnings", []))[:16]},
+                   id=job.request_id)
+
+    def _renders_between_iterations(self) -> None:
+        while True:
+            with self.lock:
+                if not self.renders:
+                    return
+                req = self.renders.popleft()
+            self._render_request(req)
+
+    def _mark_cancelled(self, avatar_id: str) -> None:
+        self._set_status(avatar_id, stage="cancelled")
+
+    def _set_status(self, avatar_id: str, **values) -> None:
+        with self.lock:
+            self.status.setdefault(avatar_id, {"stage": "queued", "iteration": 0, "preset": "", "name": ""})
+            self.status[avatar_id].update(values)
+        if values.get("stage") in ("cancelled", "failed"):
+            self.store.set_state(avatar_id, values["stage"])
+
+    def _scan_store(self) -> None:
+        from backend.avatar.avatar_file import AvatarFileError, load_avatar
+
+        for avatar_id in self.store.ids():
+            job = self.store.job(avatar_id)
+            st = {"stage": job.get("state") or "queued", "iteration": 0, "preset": job["preset"], "name": job.get("name", "")}
+            path = self.store.avatar_path(avatar_id)
+            if path.exists() and st["stage"] not in ("cancelled", "failed"):
+                try:
+                    rec = load_avatar(path, device="cpu")
+                    st.update(stage=rec.stage, iteration=rec.iteration)
+                except AvatarError as exc:
+                    log.warning("%s: %s", avatar_id, exc)
+            self.status[avatar_id] = st
+
+    # ------------------------------------------------------------------ renders
+    def _avatar(self, avatar_id: str):
+        from backend.avatar.avatar_file import load_avatar
+
+        path = self.store.avatar_path(avatar_id)
+        if not path.exists():
+            raise P.ProtocolError(P.UNKNOWN_AVATAR, f"avatar {avatar_id!r} has no fitted state yet")
+        mtime = path.stat().st_mtime
+        cached = self._cache.get(avatar_id)
+        if cached is None or cached[0] != mtime:
+            if len(self._cache) >= 4:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[avatar_id] = (mtime, load_avatar(path, device=self.device))
+        return self._cache[avatar_id][1]
+
+    def _frame(self, avatar_id: str, view: dict, fmt: str) -> tuple[np.ndarray, float]:
+        start = time.perf_counter()
+        rec = self._avatar(avatar_id)
+        cam = view["camera"]
+        camera = PinholeCamera(cam["K"], cam["R"], cam["t"], cam["width"], cam["height"])
+        with torch.no_grad():
+            out = rec.avatar.render(camera, view["pose"], view["transl"], background=(0.0, 0.0, 0.0))
+            straight = out.rgb / out.alpha[..., None].clamp(min=1e-6)
+            rgba = torch.cat([straight, out.alpha[..., None]], -1).clamp(0, 1)
+        img = (rgba * 255).round().to(torch.uint8) if fmt == "uint8" else rgba.to(torch.float16)
+        return img.cpu().numpy(), time.perf_counter() - start
+
+    def _render_request(self, req: RenderRequest) -> None:
+        if self.running is not None:
+            self.render_delays.append(time.perf_counter() - req.received)
+        try:
+            img, seconds = self._frame(req.avatar, req.view, req.format)
+        except P.ProtocolError as exc:
+            self._error(req.identity, req.request_id, exc.code, exc.message)
+            return
+        except Exception as exc:  # noqa: BLE001
+            log.exception("render failed")
+            self._error(req.identity, req.request_id, P.INTERNAL, f"render failed: {exc}")
+            return
+        self._send(req.identity, "frame", {"index": 0, "seconds": seconds}, {"rgba": img}, id=req.request_id)
+
+    def _all_streams(self):
+        current = [self._current_stream] if getattr(self, "_current_stream", None) is not None else []
+        return list(self.streams) + current
+
+    def _stream(self, s: Stream) -> None:
+        self._current_stream = s
+        try:
+            for i, view in enumerate(s.views):
+                with self.lock:
+                    while not (s.cancelled or self._stopping) and i > s.acked + s.window:
+                        self.lock.wait(timeout=1.0)
+                    if s.cancelled or self._stopping:
+                        return
+                try:
+                    img, seconds = self._frame(s.avatar, view, s.format)
+                except P.ProtocolError as exc:
+                    self._error(s.identity, s.request_id, exc.code, exc.message)
+                    return
+                self._send(s.identity, "frame", {"index": i, "stream": s.id, "seconds": seconds}, {"rgba": img},
+                           id=s.request_id)
+            self._send(s.identity, "stream_done", {"stream": s.id, "count": len(s.views)}, id=s.request_id)
+        finally:
+            self._current_stream = None
+
+
+def _preview(stage, side: int = 128) -> np.ndarray:
+    """The avatar as it is now, from the photo's camera, at most `side` pixels: (h, w, 3) uint8."""
+    t = stage.target
+    cam = t.camera.scaled(side / max(t.camera.width, t.camera.height))
+    with torch.no_grad():
+        out = stage.avatar.render(cam, t.pose, t.transl, background=(1.0, 1.0, 1.0))
+    return (out.rgb.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+
+
+def _no_clip_warning() -> str:
+    from backend.avatar_fit_job import NO_CLIP_WARNING
+
+    return NO_CLIP_WARNING

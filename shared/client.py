@@ -1,0 +1,149 @@
+"""A client of the backend service (pyzmq + msgpack + numpy only: the add-on uses it too).
+
+    c = ServiceClient("tcp://127.0.0.1:5557")
+    caps = c.hello()
+    job = c.start_fit(photo, pose, transl, camera)        # then c.wait_fit(job, on_progress)
+    rgba = c.render(avatar_id, pose, transl, camera)     # (H, W, 4) uint8, straight alpha
+    for index, rgba in c.render_stream(avatar_id, views): ...
+
+Every call has a timeout; errors from the server raise ServiceError(code, message).
+"""
+from __future__ import annotations
+
+import itertools
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import zmq
+
+from shared import protocol as P
+
+
+class ServiceError(Exception):
+    def __init__(self, code: str, message: str):
+        super().__init__(f"{code}: {message}")
+        self.code, self.message = code, message
+
+
+class ServiceClient:
+    def __init__(self, address: str = f"tcp://127.0.0.1:{P.DEFAULT_PORT}", timeout: float = 30.0,
+                 server_key: Path | None = None, client_key: Path | None = None):
+        """server_key: the server's public certificate; client_key: this client's secret
+        certificate (both from 'avatar-backend keys'); needed when the server uses CurveZMQ."""
+        self.timeout = timeout
+        self.ctx = zmq.Context.instance()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        if server_key is not None:
+            from zmq import auth as zmq_auth
+
+            server_public, _ = zmq_auth.load_certificate(str(server_key))
+            public, secret = zmq_auth.load_certificate(str(client_key)) if client_key else zmq.curve_keypair()
+            if secret is None:
+                raise ValueError(f"{client_key} holds no secret key (use the .key_secret file)")
+            self.sock.curve_serverkey = server_public
+            self.sock.curve_publickey = public
+            self.sock.curve_secretkey = secret
+        self.sock.connect(address)
+        self._ids = itertools.count(1)
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ------------------------------------------------------------------ plumbing
+    def send(self, type_: str, fields: dict | None = None, frames: dict | None = None) -> int:
+        msg_id = next(self._ids)
+        self.sock.send_multipart(P.encode(type_, fields, frames, id=msg_id))
+        return msg_id
+
+    def receive(self, msg_id: int, timeout: float | None = None) -> P.Message:
+        """The next message answering request `msg_id` (heartbeats and others are skipped)."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self.sock.poll(int(left * 1000)):
+                raise TimeoutError(f"no answer from the backend within {self.timeout if timeout is None else timeout} s")
+            msg = P.decode(self.sock.recv_multipart())
+            if msg.type == "heartbeat" or msg.id != msg_id:
+                continue
+            if msg.type == "error":
+                raise ServiceError(msg.fields["code"], msg.fields["message"])
+            return msg
+
+    def request(self, type_: str, fields: dict | None = None, frames: dict | None = None,
+                timeout: float | None = None) -> P.Message:
+        return self.receive(self.send(type_, fields, frames), timeout)
+
+    # ------------------------------------------------------------------ calls
+    def hello(self, client: str = "one-shot-avatar client") -> dict:
+        msg = self.request("hello", {"client": client, "protocol": P.PROTOCOL_VERSION})
+        return msg.fields["capabilities"]
+
+    def ping(self) -> float:
+        start = time.perf_counter()
+        self.request("ping")
+        return time.perf_counter() - start
+
+    def list(self) -> list[dict]:
+        return self.request("list").fields["avatars"]
+
+    def start_fit(self, photo: np.ndarray, pose, transl, camera: dict, mask: np.ndarray | None = None,
+                  betas=None, prompt: str | None = None, preset: str = "quick", fit_body: bool = True,
+                  name: str | None = None) -> tuple[int, str, list[str]]:
+        """Queue a fit. Returns (request id, job id = avatar id, warnings)."""
+        fields = {"pose": _list(pose), "transl": _list(transl), "camera": _camera(camera), "preset": preset,
+                  "fit_body": fit_body, "prompt": prompt, "name": name,
+                  "betas": None if betas is None else _list(betas)}
+        msg_id = self.send("fit", fields, {"photo": photo, "mask": mask})
+        msg = self.receive(msg_id)
+        return msg_id, msg.fields["job"], list(msg.fields.get("warnings") or [])
+
+    def wait_fit(self, msg_id: int, on_progress: Callable[[P.Message], None] | None = None,
+                 timeout: float = 3600.0) -> P.Message:
+        """Progress messages until the fit is done (returns the `done` message) or fails."""
+        deadline = time.monotonic() + timeout
+        while True:
+            msg = self.receive(msg_id, timeout=max(1.0, deadline - time.monotonic()))
+            if msg.type == "progress":
+                if on_progress is not None:
+                    on_progress(msg)
+                continue
+            return msg
+
+    def cancel(self, job: str) -> None:
+        self.request("cancel", {"job": job})
+
+    def render(self, avatar: str, pose, transl, camera: dict, fmt: str = "uint8") -> np.ndarray:
+        view = {"pose": _list(pose), "transl": _list(transl), "camera": _camera(camera)}
+        return self.request("render", {"avatar": avatar, "view": view, "format": fmt}).frames["rgba"]
+
+    def render_stream(self, avatar: str, views: list[dict], window: int = 4, fmt: str = "uint8"
+                      ) -> Iterator[tuple[int, np.ndarray]]:
+        """Frames in order, each acknowledged as it arrives (the server sends at most `window`
+        ahead). views: dicts with pose, transl and camera."""
+        views = [{"pose": _list(v["pose"]), "transl": _list(v["transl"]), "camera": _camera(v["camera"])}
+                 for v in views]
+        msg_id = self.send("render_stream", {"avatar": avatar, "views": views, "format": fmt, "window": window})
+        while True:
+            msg = self.receive(msg_id)
+            if msg.type == "stream_done":
+                return
+            self.send("ack", {"stream": msg.fields["stream"], "index": msg.fields["index"]})
+            yield msg.fields["index"], msg.frames["rgba"]
+
+
+def _list(a) -> list:
+    return np.asarray(a, dtype=np.float64).tolist()
+
+
+def _camera(cam) -> dict:
+    d = cam.to_dict() if hasattr(cam, "to_dict") else dict(cam)
+    return {k: (np.asarray(v, dtype=np.float64).tolist() if k in ("K", "R", "t") else int(v)) for k, v in d.items()}

@@ -1,0 +1,252 @@
+"""The backend service against a real server process on 127.0.0.1 (random port), tiny configs."""
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import pytest
+import zmq
+from PIL import Image
+
+from shared import protocol as P
+from shared.camera import PinholeCamera
+from shared.client import ServiceClient, ServiceError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class ServerProcess:
+    def __init__(self, store: Path, *extra: str):
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        self.proc = subprocess.Popen([sys.executable, "-m", "backend", "serve", "--port", "0", "--store", str(store),
+                                      "--device", "cpu", *extra], stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, text=True, env=env, cwd=ROOT)
+        line = self.proc.stdout.readline()
+        m = re.search(r"tcp://127\.0\.0\.1:(\d+)", line)
+        assert m, f"server did not start: {line!r}"
+        self.address = f"tcp://127.0.0.1:{m.group(1)}"
+
+    def rss_kb(self) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        return 0
+
+    def kill(self, sig=signal.SIGKILL):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def subject(tmp_path_factory):
+    """The sample person's photo at 128 px with its true parameters (as a rig would give them)."""
+    from backend.body.model import load_open_body
+    from backend.sample_subject import DISTANCE, FOCAL, frame_body, render_flat, subject_pose
+
+    body = load_open_body()
+    pose = subject_pose()
+    betas = np.zeros(body.num_betas)
+    transl = frame_body(body, pose, betas, DISTANCE)
+    cam = PinholeCamera.from_focal(FOCAL / 4, 128, 128)
+    rgb, mask = render_flat(body, pose, betas, transl, cam, np.ones((128, 128, 3)))
+    return {"photo": (rgb * 255).round().astype(np.uint8), "mask": (mask * 255).astype(np.uint8),
+            "pose": pose, "transl": transl, "camera": cam}
+
+
+@pytest.fixture
+def server(tmp_path):
+    s = ServerProcess(tmp_path / "store", "--preview-every", "5")
+    yield s
+    s.kill(signal.SIGTERM)
+
+
+def fit_tiny(c, subject, **kw):
+    return c.start_fit(subject["photo"], subject["pose"], subject["transl"], subject["camera"],
+                       mask=subject["mask"], preset="tiny", fit_body=False, **kw)
+
+
+def test_fit_progress_render_and_stream(server, subject):
+    with ServiceClient(server.address, timeout=60) as c:
+        caps = c.hello()
+        assert caps["device"] == "cpu" and "tiny" in caps["presets"] and caps["body_models"] == ["open_body"]
+        assert c.ping() < 5
+        msg_id, job, warnings = fit_tiny(c, subject, name="me")
+        assert any("WITHOUT the CLIP" in w for w in warnings)
+        seen = []
+        done = c.wait_fit(msg_id, seen.append, timeout=300)
+        assert done.type == "done" and done.fields["avatar"] == job
+        stages = [m.fields["stage"] for m in seen]
+        assert "A" in stages and "B" in stages
+        b_iters = [m.fields["iteration"] for m in seen if m.fields["stage"] == "B" and "preview" not in m.frames]
+        assert b_iters == sorted(b_iters) and b_iters[-1] == 20 and seen[-1].fields["total"] == 20
+        previews = [m.frames["preview"] for m in seen if "preview" in m.frames]
+        assert previews and previews[0].shape == (128, 128, 3) and previews[0].dtype == np.uint8
+        assert any(m.fields.get("losses") for m in seen)
+        assert [a for a in c.list() if a["id"] == job] == [{"id": job, "stage": "done", "iteration": 20,
+                                                             "preset": "tiny", "name": "me"}]
+
+        rgba = c.render(job, subject["pose"], subject["transl"], subject["camera"])
+        assert rgba.shape == (128, 128, 4) and rgba.dtype == np.uint8
+        body = subject["mask"] > 127
+        assert rgba[..., 3][body].mean() > 128 and rgba[..., 3][0:5, 0:5].max() == 0  # the person, not the corner
+        half = c.render(job, subject["pose"], subject["transl"], subject["camera"], fmt="float16")
+        assert half.dtype == np.float16 and np.abs(half.astype(np.float32) * 255 - rgba).max() <= 1.0
+
+        views = []
+        for k in range(5):
+            pose = subject["pose"].copy()
+            pose[3 * 16 + 2] = 0.2 * k   # raise the left arm a little more each frame
+            views.append({"pose": pose, "transl": subject["transl"], "camera": subject["camera"].scaled(0.5)})
+        frames = list(c.render_stream(job, views, window=2))
+        assert [i for i, _ in frames] == [0, 1, 2, 3, 4]
+        assert all(f.shape == (64, 64, 4) for _, f in frames)
+        assert not np.array_equal(frames[0][1], frames[4][1])
+
+
+def test_bad_requests_get_error_replies_and_the_server_keeps_serving(server, subject):
+    with ServiceClient(server.address, timeout=30) as c:
+        with pytest.raises(ServiceError) as e:
+            c.render("0123456789abcdef", subject["pose"], subject["transl"], subject["camera"])
+        assert e.value.code == P.UNKNOWN_AVATAR
+        # a NaN pose, sent raw (the client library would refuse to encode it)
+        header = {"v": 1, "type": "render", "id": 9, "avatar": "x" * 16,
+                  "view": {"pose": [float("nan")] * 72, "transl": [0, 0, 3], "camera": subject["camera"].to_dict()}}
+        c.sock.send_multipart([msgpack.packb(header)])
+        reply = P.decode(c.sock.recv_multipart())
+        assert reply.type == "error" and reply.fields["code"] == P.BAD_FIELD and "NaN" in reply.fields["message"]
+        c.sock.send_multipart([b"\x00garbage"])
+        reply = P.decode(c.sock.recv_multipart())
+        assert reply.type == "error" and reply.fields["code"] == P.BAD_MESSAGE
+        with pytest.raises(ServiceError, match="photo"):
+            c.start_fit(np.zeros((8, 8), np.uint8), subject["pose"], subject["transl"], subject["camera"])
+        with pytest.raises(ServiceError, match="camera"):   # camera size != photo size
+            c.start_fit(subject["photo"], subject["pose"], subject["transl"], subject["camera"].scaled(0.5))
+        with pytest.raises(ServiceError, match="preset"):
+            c.start_fit(subject["photo"], subject["pose"], subject["transl"], subject["camera"], preset="huge")
+        with pytest.raises(ServiceError) as e:
+            c.cancel("nosuchjob")
+        assert e.value.code == P.UNKNOWN_JOB
+        assert c.ping() < 5
+
+
+def test_cancel_a_running_fit(server, subject):
+    with ServiceClient(server.address, timeout=60) as c:
+        msg_id, job, _ = c.start_fit(subject["photo"], subject["pose"], subject["transl"], subject["camera"],
+                                     mask=subject["mask"], preset="quick", fit_body=False)
+        first = c.receive(msg_id, timeout=120)
+        assert first.type == "progress"
+        c.cancel(job)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and [a["stage"] for a in c.list() if a["id"] == job] != ["cancelled"]:
+            time.sleep(0.2)
+        assert [a["stage"] for a in c.list() if a["id"] == job] == ["cancelled"]
+        assert c.ping() < 5
+
+
+def test_restart_lists_avatars_and_resumes_a_killed_fit(tmp_path, subject):
+    store = tmp_path / "store"
+    first = ServerProcess(store)
+    try:
+        with ServiceClient(first.address, timeout=60) as c:
+            done_id, job_done, _ = fit_tiny(c, subject, name="finished")
+            assert c.wait_fit(done_id, timeout=300).type == "done"
+            msg_id, job, _ = c.start_fit(subject["photo"], subject["pose"], subject["transl"], subject["camera"],
+                                         mask=subject["mask"], preset="quick", fit_body=False)
+            while True:   # killed in stage B, after its first checkpoint
+                msg = c.receive(msg_id, timeout=300)
+                if msg.fields["stage"] == "B":
+                    break
+    finally:
+        first.kill()
+    second = ServerProcess(store)
+    try:
+        with ServiceClient(second.address, timeout=60) as c:
+            listed = {a["id"]: a for a in c.list()}
+            assert listed[job_done]["stage"] == "done" and listed[job_done]["name"] == "finished"
+            assert job in listed and listed[job]["stage"] in ("queued", "A", "B")
+            assert c.render(job_done, subject["pose"], subject["transl"], subject["camera"]).shape == (128, 128, 4)
+            # the killed fit resumed: it runs stage B again without redoing stage A
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and c.list() and \
+                    {a["id"]: a for a in c.list()}[job]["iteration"] < 2:
+                time.sleep(0.5)
+            assert {a["id"]: a for a in c.list()}[job]["stage"] == "B"
+            c.cancel(job)
+    finally:
+        second.kill(signal.SIGTERM)
+    assert not list(store.glob("*/.*.tmp"))  # no half-written file was left to be read
+
+
+def test_curve_keys_admit_only_known_clients(tmp_path):
+    keys = tmp_path / "keys"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    subprocess.run([sys.executable, "-m", "backend", "keys", str(keys), "--client", "artist"], check=True,
+                   env=env, cwd=ROOT, capture_output=True)
+    server = ServerProcess(tmp_path / "store", "--curve", str(keys))
+    try:
+        with ServiceClient(server.address, timeout=20, server_key=keys / "server.key",
+                           client_key=keys / "artist.key_secret") as c:
+            assert c.hello()["device"] == "cpu"
+        stranger = tmp_path / "stranger"
+        import zmq.auth
+        stranger.mkdir()
+        zmq.auth.create_certificates(str(stranger), "x")
+        with ServiceClient(server.address, timeout=3, server_key=keys / "server.key",
+                           client_key=stranger / "x.key_secret") as c:
+            with pytest.raises(TimeoutError):
+                c.ping()
+        with ServiceClient(server.address, timeout=3) as c:   # no Curve at all
+            with pytest.raises(TimeoutError):
+                c.ping()
+    finally:
+        server.kill(signal.SIGTERM)
+    # listening beyond localhost without keys is refused
+    proc = subprocess.run([sys.executable, "-m", "backend", "serve", "--bind", "0.0.0.0", "--port", "0",
+                           "--store", str(tmp_path / "s2")], env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and "CurveZMQ" in proc.stderr
+
+
+def test_fuzz_thousands_of_bad_messages(server, subject):
+    rng = np.random.default_rng(0)
+    seeds = [P.encode("ping"), P.encode("list"),
+             P.encode("render", {"avatar": "a" * 16, "view": {"pose": [0.0] * 72, "transl": [0, 0, 3],
+                                                              "camera": subject["camera"].to_dict()}}),
+             # a photo smaller than its camera: every mutation of it is refused, no fit starts
+             P.encode("fit", {"pose": [0.0] * 72, "transl": [0, 0, 3], "camera": subject["camera"].to_dict(),
+                              "preset": "tiny"}, {"photo": np.zeros((64, 64, 3), np.uint8)})]
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(server.address)
+    with ServiceClient(server.address, timeout=30) as c:
+        c.ping()
+        rss_before = server.rss_kb()
+        sent = 0
+        for i in range(1500):
+            parts = [bytearray(p) for p in seeds[i % len(seeds)]]
+            if i % 3 == 0:
+                for _ in range(int(rng.integers(1, 8))):
+                    parts[0][int(rng.integers(0, len(parts[0])))] = int(rng.integers(0, 256))
+            elif i % 3 == 1:
+                parts = [bytes(rng.integers(0, 256, int(rng.integers(0, 300)), dtype=np.uint8))]
+            else:
+                parts = parts[: max(1, int(rng.integers(0, len(parts) + 1)))]
+                parts[-1] = parts[-1][: int(rng.integers(0, len(parts[-1]) + 1))]
+            sock.send_multipart([bytes(p) for p in parts])
+            sent += 1
+        replies = 0
+        while sock.poll(2000):
+            sock.recv_multipart()
+            replies += 1
+        assert sent >= 1000 and replies > 0.5 * sent  # answered (errors), not silently dropped
+        assert c.ping() < 5
+        assert c.list() is not None
+        assert server.rss_kb() - rss_before < 200_000  # no unbounded growth (kB)
+    sock.close()
