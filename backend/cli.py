@@ -132,11 +132,15 @@ def _client_action(c, args) -> int:
     elif args.action == "fit":
         from backend.inputs import load_fit_inputs
 
+        if args.elicit is None and (args.photo is None or args.params is None):
+            raise AvatarError("client fit needs --elicit FOLDER, or --photo and --params")
+
         inp = load_fit_inputs(photo=args.photo, mask=args.mask, params=args.params, elicit_dir=args.elicit)
         photo = (np.clip(inp.image, 0, 1) * 255).round().astype(np.uint8)
         mask = None if inp.mask is None else (inp.mask > 0.5).astype(np.uint8) * 255
         msg_id, job, warnings = c.start_fit(photo, inp.params.pose, inp.params.transl, inp.camera, mask=mask,
-                                            prompt=args.prompt, preset=args.preset, name=args.name)
+                                            prompt=args.prompt, preset=args.preset, name=args.name,
+                                            fit_body=not args.no_body_fit)
         print(f"job {job} accepted")
         for w in warnings:
             print(w)
@@ -154,6 +158,9 @@ def _client_action(c, args) -> int:
         print(f"avatar {done.fields['avatar']} done")
     elif args.action == "render":
         from PIL import Image
+
+        if not (args.avatar and args.poses and args.cameras):
+            raise AvatarError("client render needs --avatar ID, --poses FILE and --cameras FILE")
 
         from backend.avatar_render_job import load_camera_path, load_pose_sequence
 
@@ -299,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     client.add_argument("--prompt")
     client.add_argument("--preset", default="quick")
     client.add_argument("--name")
+    client.add_argument("--no-body-fit", action="store_true", help="use the given body parameters as they are")
     client.add_argument("--avatar", help="avatar id (render)")
     client.add_argument("--poses", type=Path, help="pose sequence (render)")
     client.add_argument("--cameras", type=Path, help="camera path JSON (render; the last camera repeats)")

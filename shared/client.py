@@ -48,6 +48,7 @@ class ServiceClient:
             self.sock.curve_secretkey = secret
         self.sock.connect(address)
         self._ids = itertools.count(1)
+        self._last_sent = time.monotonic()
 
     def close(self) -> None:
         self.sock.close(linger=0)
@@ -59,18 +60,27 @@ class ServiceClient:
         self.close()
 
     # ------------------------------------------------------------------ plumbing
+    HEARTBEAT_S = 5.0  # while waiting, tell the server we are still here this often
+
     def send(self, type_: str, fields: dict | None = None, frames: dict | None = None) -> int:
         msg_id = next(self._ids)
         self.sock.send_multipart(P.encode(type_, fields, frames, id=msg_id))
+        self._last_sent = time.monotonic()
         return msg_id
 
     def receive(self, msg_id: int, timeout: float | None = None) -> P.Message:
         """The next message answering request `msg_id` (heartbeats and others are skipped)."""
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         while True:
-            left = deadline - time.monotonic()
-            if left <= 0 or not self.sock.poll(int(left * 1000)):
+            now = time.monotonic()
+            if now - self._last_sent > self.HEARTBEAT_S:
+                self.sock.send_multipart(P.encode("heartbeat"))
+                self._last_sent = now
+            left = deadline - now
+            if left <= 0:
                 raise TimeoutError(f"no answer from the backend within {self.timeout if timeout is None else timeout} s")
+            if not self.sock.poll(int(min(left, self.HEARTBEAT_S) * 1000)):
+                continue
             msg = P.decode(self.sock.recv_multipart())
             if msg.type == "heartbeat" or msg.id != msg_id:
                 continue

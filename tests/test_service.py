@@ -1,4 +1,5 @@
 """The backend service against a real server process on 127.0.0.1 (random port), tiny configs."""
+import json
 import os
 import re
 import signal
@@ -250,3 +251,34 @@ def test_fuzz_thousands_of_bad_messages(server, subject):
         assert c.list() is not None
         assert server.rss_kb() - rss_before < 200_000  # no unbounded growth (kB)
     sock.close()
+
+
+def test_client_command_line(server, tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+
+    def client(*args):
+        return subprocess.run([sys.executable, "-m", "backend", "client", *map(str, args), "--address", server.address],
+                              capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    proc = client("ping")
+    assert proc.returncode == 0 and "pong in" in proc.stdout and "'device': 'cpu'" in proc.stdout
+    sample = tmp_path / "sample"
+    subprocess.run([sys.executable, "-m", "backend", "sample", str(sample)], check=True, env=env, cwd=ROOT,
+                   capture_output=True)
+    proc = client("fit", "--elicit", sample, "--preset", "tiny", "--no-body-fit", "--name", "cli")
+    assert proc.returncode == 0, proc.stderr
+    avatar = re.search(r"avatar (\w+) done", proc.stdout).group(1)
+    assert "stage B 20/20" in proc.stdout
+    proc = client("list")
+    assert avatar in proc.stdout and "done" in proc.stdout and "cli" in proc.stdout
+    pose = np.load(sample / "gt_params.npz")["pose"][0]
+    (tmp_path / "poses.json").write_text(json.dumps({"poses": [pose.tolist()] * 2,
+                                                     "transl": [[0.0, 0.2, 4.8]] * 2}))
+    cam = PinholeCamera.from_focal(300.0, 96, 96).to_dict()
+    (tmp_path / "cams.json").write_text(json.dumps({"cameras": [cam]}))
+    proc = client("render", "--avatar", avatar, "--poses", tmp_path / "poses.json", "--cameras",
+                  tmp_path / "cams.json", "--out", tmp_path / "frames")
+    assert proc.returncode == 0, proc.stderr
+    frames = sorted((tmp_path / "frames").glob("*.png"))
+    assert len(frames) == 2 and np.asarray(Image.open(frames[0])).shape == (96, 96, 4)
+    proc = client("render", "--avatar", avatar)
+    assert proc.returncode == 2 and "--poses" in proc.stderr
