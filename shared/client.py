@@ -128,6 +128,11 @@ class ServiceClient:
                 continue
             return msg
 
+    def load(self, avatar: str) -> dict:
+        """Get an avatar ready on the server; returns its stage, preset, fitted `pose` and
+        `transl` and the photo's `camera` (to pose a rig and a camera like the photo)."""
+        return self.request("load", {"avatar": avatar}).fields
+
     def cancel(self, job: str) -> None:
         self.request("cancel", {"job": job})
 

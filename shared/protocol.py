@@ -252,6 +252,12 @@ MESSAGES = _types(
     MessageType("avatars", {"avatars": required(list_of(record(
         id=AVATAR_ID, stage=required(string(16)), iteration=required(integer(0, 1 << 31)),
         preset=required(string(32)), name=optional(string(200))), 10_000))}),
+    MessageType("load", {"avatar": AVATAR_ID}, doc="client -> server: get an avatar ready; answered by loaded"),
+    MessageType("loaded", {"avatar": AVATAR_ID, "stage": required(string(16)),
+                           "iteration": required(integer(0, 1 << 31)), "preset": required(string(32)),
+                           "pose": POSE, "transl": TRANSL, "camera": required(camera),
+                           "warnings": optional(list_of(string(1000), 16))},
+                doc="server -> client: the avatar's fitted body pose and the photo's camera"),
     # rendering
     MessageType("render", {"avatar": AVATAR_ID, "view": required(VIEW), "format": FORMAT},
                 doc="client -> server: one frame; answered by frame"),
@@ -285,13 +291,13 @@ def encode(type_: str, fields: dict | None = None, frames: dict[str, np.ndarray]
     spec = MESSAGES.get(type_)
     if spec is None:
         raise ProtocolError(UNKNOWN_TYPE, f"no message type {type_!r}")
-    fields = dict(fields or {})
+    fields = {k: _plain(v) for k, v in (fields or {}).items()}  # numpy values become plain lists/numbers
     _validate_fields(spec, fields)
     frames = {k: v for k, v in (frames or {}).items() if v is not None}
     unknown = set(frames) - set(spec.frames)
     if unknown:
         raise ProtocolError(BAD_FIELD, f"{type_} carries no frame {sorted(unknown)}")
-    header = {"v": PROTOCOL_VERSION, "type": type_, "id": int(id), **{k: _plain(v) for k, v in fields.items()}}
+    header = {"v": PROTOCOL_VERSION, "type": type_, "id": int(id), **fields}
     header["frames"] = []
     parts = []
     for name in spec.frames:

@@ -92,6 +92,10 @@ def test_fit_progress_render_and_stream(server, subject):
         assert [a for a in c.list() if a["id"] == job] == [{"id": job, "stage": "done", "iteration": 20,
                                                              "preset": "tiny", "name": "me"}]
 
+        loaded = c.load(job)
+        assert loaded["stage"] == "done" and loaded["preset"] == "tiny" and loaded["camera"]["width"] == 128
+        assert np.allclose(loaded["pose"], subject["pose"], atol=1e-5)   # no body fit: the given pose
+
         rgba = c.render(job, subject["pose"], subject["transl"], subject["camera"])
         assert rgba.shape == (128, 128, 4) and rgba.dtype == np.uint8
         body = subject["mask"] > 127

@@ -213,6 +213,10 @@ class Server:
         warnings = self.worker.submit_fit(avatar_id, identity, msg.id)
         self._send(identity, "accepted", {"job": avatar_id, "warnings": warnings}, id=msg.id)
 
+    def _on_load(self, identity, msg) -> None:
+        self._known(msg.fields["avatar"])
+        self.worker.submit_load(identity, msg.id, msg.fields["avatar"])
+
     def _on_render(self, identity, msg) -> None:
         f = msg.fields
         self._known(f["avatar"])

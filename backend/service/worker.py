@@ -61,6 +61,7 @@ class RenderRequest:
     avatar: str
     view: dict
     format: str
+    load_only: bool = False     # a `load`: warm the cache and describe the avatar, no image
     received: float = dataclasses.field(default_factory=time.perf_counter)
 
 
@@ -122,6 +123,11 @@ class Worker(threading.Thread):
     def submit_render(self, identity: bytes, request_id: int, avatar: str, view: dict, fmt: str) -> None:
         with self.lock:
             self.renders.append(RenderRequest(identity, request_id, avatar, view, fmt))
+            self.lock.notify_all()
+
+    def submit_load(self, identity: bytes, request_id: int, avatar: str) -> None:
+        with self.lock:
+            self.renders.append(RenderRequest(identity, request_id, avatar, {}, "", load_only=True))
             self.lock.notify_all()
 
     def submit_stream(self, stream: Stream) -> None:
@@ -330,6 +336,13 @@ class Worker(threading.Thread):
         if self.running is not None:
             self.render_delays.append(time.perf_counter() - req.received)
         try:
+            if req.load_only:
+                rec = self._avatar(req.avatar)
+                self._send(req.identity, "loaded", {
+                    "avatar": req.avatar, "stage": rec.stage, "iteration": rec.iteration, "preset": rec.config.name,
+                    "pose": rec.pose, "transl": rec.transl, "camera": rec.camera.to_dict(),
+                    "warnings": list((rec.report or {}).get("warnings", []))[:16]}, id=req.request_id)
+                return
             img, seconds = self._frame(req.avatar, req.view, req.format)
         except P.ProtocolError as exc:
             self._error(req.identity, req.request_id, exc.code, exc.message)
