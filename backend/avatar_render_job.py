@@ -120,10 +120,7 @@ def render_avatar(avatar_path, out_dir, *, turntable: int = 0, poses=None, camer
     written, images = [], []
     start = time.perf_counter()
     for i, (cam, pose, transl) in enumerate(jobs):
-        with torch.no_grad():
-            out = avatar.render(cam, pose, transl, background=(0.0, 0.0, 0.0))  # premultiplied
-        straight = out.rgb / out.alpha[..., None].clamp(min=1e-6)
-        rgba = torch.cat([straight, out.alpha[..., None]], -1).clamp(0, 1).cpu().numpy()
+        rgba = avatar.render_rgba(cam, pose, transl).cpu().numpy()
         img = (rgba * 255).round().astype(np.uint8)
         path = out_dir / f"frame_{i:04d}.png"
         Image.fromarray(img, "RGBA").save(path)

@@ -121,6 +121,14 @@ class Avatar(torch.nn.Module):
         alpha = alpha.reshape(-1).index_put((ray_pix,), torch.cat(alphas)).reshape(H, W)
         return Rendered(rgb, alpha, covered, int(ray_pix.numel()))
 
+    @torch.no_grad()
+    def render_rgba(self, camera: PinholeCamera, pose, transl) -> torch.Tensor:
+        """(H, W, 4) in [0, 1] with straight (not premultiplied) alpha: for files and for
+        compositing over anything (Blender, the add-on's viewport)."""
+        out = self.render(camera, pose, transl, background=(0.0, 0.0, 0.0))  # premultiplied colour
+        straight = out.rgb / out.alpha[..., None].clamp(min=1e-6)
+        return torch.cat([straight, out.alpha[..., None]], -1).clamp(0, 1)
+
     def _rays(self, camera: PinholeCamera, covered: torch.Tensor, depth: torch.Tensor):
         """Flat indices of the pixels to march (the body silhouette grown by `margin` metres)
         and, for each, the covered pixel whose surface depth and weights it borrows."""

@@ -325,10 +325,7 @@ class Worker(threading.Thread):
         rec = self._avatar(avatar_id)
         cam = view["camera"]
         camera = PinholeCamera(cam["K"], cam["R"], cam["t"], cam["width"], cam["height"])
-        with torch.no_grad():
-            out = rec.avatar.render(camera, view["pose"], view["transl"], background=(0.0, 0.0, 0.0))
-            straight = out.rgb / out.alpha[..., None].clamp(min=1e-6)
-            rgba = torch.cat([straight, out.alpha[..., None]], -1).clamp(0, 1)
+        rgba = rec.avatar.render_rgba(camera, view["pose"], view["transl"])
         img = (rgba * 255).round().to(torch.uint8) if fmt == "uint8" else rgba.to(torch.float16)
         return img.cpu().numpy(), time.perf_counter() - start
 
