@@ -1,0 +1,63 @@
+"""Blender camera -> pinhole camera, checked against Blender's own projection
+(bpy_extras.object_utils.world_to_camera_view) for every sensor-fit case."""
+import math
+
+import numpy as np
+import pytest
+
+bpy = pytest.importorskip("bpy", reason="the add-on's tests need Blender as a module (bpy)")
+import mathutils  # noqa: E402
+from bpy_extras.object_utils import world_to_camera_view  # noqa: E402
+
+from blender_addon.blender_camera import TO_BLENDER, camera_dict  # noqa: E402
+from shared.camera import PinholeCamera  # noqa: E402
+
+
+def scene_with_camera(res, pct, aspect, fit, lens, shift, sensor=(36.0, 24.0)):
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    scene = bpy.context.scene
+    scene.render.resolution_x, scene.render.resolution_y = res
+    scene.render.resolution_percentage = pct
+    scene.render.pixel_aspect_x, scene.render.pixel_aspect_y = aspect
+    data = bpy.data.cameras.new("cam")
+    data.lens, data.sensor_fit = lens, fit
+    data.sensor_width, data.sensor_height = sensor
+    data.shift_x, data.shift_y = shift
+    cam = bpy.data.objects.new("cam", data)
+    scene.collection.objects.link(cam)
+    cam.location = (0.7, -6.0, 1.4)
+    cam.rotation_euler = (math.radians(80), math.radians(3), math.radians(8))
+    cam.scale = (1.3, 1.3, 1.3)  # object scale must not leak into the camera
+    scene.camera = cam
+    bpy.context.view_layer.update()
+    return scene, cam
+
+
+@pytest.mark.parametrize("res,pct,aspect,fit,lens,shift", [
+    ((640, 480), 100, (1.0, 1.0), "AUTO", 50.0, (0.0, 0.0)),
+    ((480, 640), 100, (1.0, 1.0), "AUTO", 35.0, (0.1, -0.05)),           # portrait: AUTO fits the height
+    ((800, 600), 50, (1.0, 1.0), "HORIZONTAL", 85.0, (-0.2, 0.1)),
+    ((600, 800), 100, (1.0, 1.0), "VERTICAL", 40.0, (0.05, 0.2)),
+    ((720, 576), 100, (1.0, 1.2), "AUTO", 50.0, (0.0, 0.1)),              # non-square pixels
+    ((720, 576), 100, (1.4, 1.0), "VERTICAL", 60.0, (0.1, 0.0)),
+])
+def test_camera_matches_blender_projection(res, pct, aspect, fit, lens, shift):
+    scene, cam_obj = scene_with_camera(res, pct, aspect, fit, lens, shift)
+    d = camera_dict(scene, cam_obj)
+    cam = PinholeCamera(np.array(d["K"]), np.array(d["R"]), np.array(d["t"]), d["width"], d["height"])
+    assert (cam.width, cam.height) == (res[0] * pct // 100, res[1] * pct // 100)
+    rng = np.random.default_rng(0)
+    points = rng.uniform([-1.5, -1.0, 0.0], [1.5, 1.0, 2.0], (50, 3))   # in front of the camera (Blender world)
+    ours = cam.project(points @ TO_BLENDER)                              # Blender world -> backend world
+    for p, uv in zip(points, ours):
+        ndc = world_to_camera_view(scene, cam_obj, mathutils.Vector(p))
+        assert ndc.z > 0
+        expected = (ndc.x * cam.width, (1.0 - ndc.y) * cam.height)
+        assert np.allclose(uv, expected, atol=1e-3), (uv, expected)
+
+
+def test_orthographic_camera_is_refused():
+    scene, cam_obj = scene_with_camera((64, 64), 100, (1, 1), "AUTO", 50.0, (0, 0))
+    cam_obj.data.type = "ORTHO"
+    with pytest.raises(ValueError, match="only perspective"):
+        camera_dict(scene, cam_obj)
