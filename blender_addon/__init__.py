@@ -1,11 +1,13 @@
 """One-Shot Avatar: Blender side. Runs in Blender's own Python: bpy, numpy, pyzmq, msgpack
 and the vendored shared/ package only, never torch.
 
-This is the add-on's skeleton (the backend connection, rig and live preview come with the
-add-on issue): it registers the sidebar panel and its settings.
+The panel connects to a backend (docs/protocol.md), creates avatars from a photo posed like
+an SMPL armature, loads them (making the rig) and previews frames. Animation rendering and the
+automatic live preview are still to come (issue 6).
 """
 import bpy
 
+from . import operators
 from ._vendor import shared
 
 
@@ -16,6 +18,16 @@ class AvatarSettings(bpy.types.PropertyGroup):
     photo: bpy.props.StringProperty(name="Photo", subtype="FILE_PATH")
     mask: bpy.props.StringProperty(name="Mask", subtype="FILE_PATH", description="Optional person mask")
     prompt: bpy.props.StringProperty(name="Prompt", description="Optional text, e.g. 'red hoodie, black jeans'")
+    preset: bpy.props.EnumProperty(name="Quality", items=[
+        ("quick", "Quick", "minutes on a CPU"), ("full", "Full", "GPU quality"), ("tiny", "Tiny", "tests")],
+        default="quick")
+    armature: bpy.props.PointerProperty(name="Armature", type=bpy.types.Object,
+                                        poll=lambda self, obj: obj.type == "ARMATURE",
+                                        description="The SMPL rig that poses the avatar")
+    avatar_id: bpy.props.StringProperty(name="Avatar", description="The avatar on the backend to use")
+    avatar_list: bpy.props.StringProperty(options={"SKIP_SAVE"})
+    status: bpy.props.StringProperty(name="Status", default="not connected", options={"SKIP_SAVE"})
+    progress: bpy.props.FloatProperty(name="Progress", min=0.0, max=1.0, subtype="FACTOR", options={"SKIP_SAVE"})
 
 
 class VIEW3D_PT_one_shot_avatar(bpy.types.Panel):
@@ -31,10 +43,21 @@ class VIEW3D_PT_one_shot_avatar(bpy.types.Panel):
         col.prop(settings, "photo")
         col.prop(settings, "mask")
         col.prop(settings, "prompt")
-        col.label(text=f"SMPL skeleton: {shared.smpl.NUM_JOINTS} joints")
+        col.prop(settings, "preset")
+        col.prop(settings, "armature")
+        col.operator("one_shot_avatar.connect")
+        col.label(text=settings.status)
+        row = col.row()
+        row.operator("one_shot_avatar.create")
+        row.operator("one_shot_avatar.cancel")
+        col.prop(settings, "progress")
+        col.prop(settings, "avatar_id")
+        row = col.row()
+        row.operator("one_shot_avatar.load")
+        row.operator("one_shot_avatar.preview")
 
 
-_classes = (AvatarSettings, VIEW3D_PT_one_shot_avatar)
+_classes = (AvatarSettings, VIEW3D_PT_one_shot_avatar) + operators.classes
 
 
 def register():
@@ -44,6 +67,7 @@ def register():
 
 
 def unregister():
+    operators.shutdown()  # stop the connection thread and close its socket first
     del bpy.types.Scene.one_shot_avatar
     for cls in reversed(_classes):
         bpy.utils.unregister_class(cls)

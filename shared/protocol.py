@@ -256,8 +256,9 @@ MESSAGES = _types(
     MessageType("loaded", {"avatar": AVATAR_ID, "stage": required(string(16)),
                            "iteration": required(integer(0, 1 << 31)), "preset": required(string(32)),
                            "pose": POSE, "transl": TRANSL, "camera": required(camera),
+                           "rest_joints": required(array(24, 3)),
                            "warnings": optional(list_of(string(1000), 16))},
-                doc="server -> client: the avatar's fitted body pose and the photo's camera"),
+                doc="server -> client: the fitted body (pose, translation, rest joints for a rig) and the photo's camera"),
     # rendering
     MessageType("render", {"avatar": AVATAR_ID, "view": required(VIEW), "format": FORMAT},
                 doc="client -> server: one frame; answered by frame"),

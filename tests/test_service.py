@@ -17,31 +17,9 @@ from PIL import Image
 from shared import protocol as P
 from shared.camera import PinholeCamera
 from shared.client import ServiceClient, ServiceError
+from tests.backend_process import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-class ServerProcess:
-    def __init__(self, store: Path, *extra: str):
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
-        self.proc = subprocess.Popen([sys.executable, "-m", "backend", "serve", "--port", "0", "--store", str(store),
-                                      "--device", "cpu", *extra], stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL, text=True, env=env, cwd=ROOT)
-        line = self.proc.stdout.readline()
-        m = re.search(r"tcp://127\.0\.0\.1:(\d+)", line)
-        assert m, f"server did not start: {line!r}"
-        self.address = f"tcp://127.0.0.1:{m.group(1)}"
-
-    def rss_kb(self) -> int:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        return 0
-
-    def kill(self, sig=signal.SIGKILL):
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            self.proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +73,7 @@ def test_fit_progress_render_and_stream(server, subject):
         loaded = c.load(job)
         assert loaded["stage"] == "done" and loaded["preset"] == "tiny" and loaded["camera"]["width"] == 128
         assert np.allclose(loaded["pose"], subject["pose"], atol=1e-5)   # no body fit: the given pose
+        assert np.asarray(loaded["rest_joints"]).shape == (24, 3)
 
         rgba = c.render(job, subject["pose"], subject["transl"], subject["camera"])
         assert rgba.shape == (128, 128, 4) and rgba.dtype == np.uint8

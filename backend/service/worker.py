@@ -338,6 +338,7 @@ class Worker(threading.Thread):
                 self._send(req.identity, "loaded", {
                     "avatar": req.avatar, "stage": rec.stage, "iteration": rec.iteration, "preset": rec.config.name,
                     "pose": rec.pose, "transl": rec.transl, "camera": rec.camera.to_dict(),
+                    "rest_joints": _rest_joints(rec.avatar),
                     "warnings": list((rec.report or {}).get("warnings", []))[:16]}, id=req.request_id)
                 return
             img, seconds = self._frame(req.avatar, req.view, req.format)
@@ -382,6 +383,12 @@ def _preview(stage, side: int = 128) -> np.ndarray:
     with torch.no_grad():
         out = stage.avatar.render(cam, t.pose, t.transl, background=(1.0, 1.0, 1.0))
     return (out.rgb.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+
+
+def _rest_joints(avatar) -> np.ndarray:
+    """(24, 3) rest-pose joints of the avatar's fitted body (SMPL frame): a rig's bone heads."""
+    with torch.no_grad():
+        return avatar.body.rest(avatar.betas)[1][0].cpu().numpy().astype(np.float64)
 
 
 def _no_clip_warning() -> str:

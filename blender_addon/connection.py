@@ -1,0 +1,170 @@
+"""Networking off Blender's UI thread.
+
+A daemon thread owns the backend socket (shared.client.ServiceClient); operators submit tasks
+to it and a `bpy.app.timers` callback applies what comes back (`Connection.drain`). Renders for
+the live preview replace each other while waiting (only the newest pose/camera matters, stale
+frames are never drawn). An unreachable backend is retried with backoff and reported in one
+status line, never as a traceback.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+import time
+
+from ._vendor import shared  # noqa: F401
+
+try:
+    from .shared.client import ServiceClient, ServiceError
+except ImportError:
+    from shared.client import ServiceClient, ServiceError
+
+POLL_S = 0.25         # how often the thread looks for a cancel while a fit or stream runs
+BACKOFF_S = (1, 2, 5, 10, 30)
+
+
+class Connection:
+    def __init__(self, address: str, timeout: float = 10.0, server_key=None, client_key=None):
+        self.address, self.timeout = address, timeout
+        self.keys = {"server_key": server_key, "client_key": client_key} if server_key else {}
+        self.tasks: queue.Queue = queue.Queue()
+        self.results: queue.Queue = queue.Queue()
+        self.status = "connecting"
+        self.capabilities: dict | None = None
+        self._latest_render = None            # (key, view, avatar): only the newest is rendered
+        self._lock = threading.Lock()
+        self._cancel_job: str | None = None
+        self._cancel_stream = False
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="avatar-connection", daemon=True)
+        self.thread.start()
+
+    # ------------------------------------------------------------------ UI thread side
+    def submit(self, kind: str, **kw) -> None:
+        self.tasks.put((kind, kw))
+        self._wake.set()
+
+    def request_render(self, key, avatar: str, view: dict) -> None:
+        """Live preview: replaces any render still waiting."""
+        with self._lock:
+            self._latest_render = (key, avatar, view)
+        self._wake.set()
+
+    def cancel_fit(self, job: str) -> None:
+        self._cancel_job = job
+        self._wake.set()
+
+    def cancel_stream(self) -> None:
+        self._cancel_stream = True
+
+    def drain(self, limit: int = 100) -> list[tuple[str, dict]]:
+        out = []
+        while len(out) < limit:
+            try:
+                out.append(self.results.get_nowait())
+            except queue.Empty:
+                break
+        return out
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self.thread.join(timeout=5)
+
+    # ------------------------------------------------------------------ the thread
+    def _post(self, kind: str, **payload) -> None:
+        self.results.put((kind, payload))
+
+    def _run(self) -> None:
+        client = None
+        attempt = 0
+        try:
+            while not self._stop.is_set():
+                if client is None:
+                    try:
+                        client = ServiceClient(self.address, timeout=self.timeout, **self.keys)
+                        self.capabilities = client.hello("blender add-on")
+                        self.status = "connected"
+                        attempt = 0
+                        self._post("welcome", capabilities=self.capabilities)
+                    except (TimeoutError, ServiceError, OSError) as exc:
+                        if client is not None:
+                            client.close()
+                            client = None
+                        wait = BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)]
+                        attempt += 1
+                        self.status = f"backend not reachable at {self.address} ({exc}); retrying in {wait} s"
+                        self._post("status", text=self.status)
+                        self._stop.wait(wait)
+                        continue
+                try:
+                    self._serve_one(client)
+                except TimeoutError as exc:
+                    client.close()
+                    client = None
+                    self.status = f"backend stopped answering ({exc}); reconnecting"
+                    self._post("status", text=self.status)
+                except ServiceError as exc:
+                    self._post("error", text=f"{exc.code}: {exc.message}")
+        finally:
+            if client is not None:
+                client.close()
+
+    def _serve_one(self, client: ServiceClient) -> None:
+        with self._lock:
+            render, self._latest_render = self._latest_render, None
+        if render is not None:
+            key, avatar, view = render
+            rgba = client.render(avatar, view["pose"], view["transl"], view["camera"])
+            self._post("frame", key=key, rgba=rgba)
+            return
+        try:
+            kind, kw = self.tasks.get(timeout=POLL_S)
+        except queue.Empty:
+            self._wake.wait(POLL_S)
+            self._wake.clear()
+            return
+        if kind == "list":
+            self._post("avatars", avatars=client.list())
+        elif kind == "load":
+            self._post("loaded", **client.load(kw["avatar"]))
+        elif kind == "fit":
+            self._fit(client, kw)
+        elif kind == "stream":
+            self._stream(client, kw)
+
+    def _fit(self, client: ServiceClient, kw: dict) -> None:
+        msg_id, job, warnings = client.start_fit(**kw)
+        self._cancel_job = None
+        self._post("accepted", job=job, warnings=warnings)
+        while not self._stop.is_set():
+            if self._cancel_job == job:
+                self._cancel_job = None
+                try:  # the answer carries the cancel request's id; the fit's own messages are skipped
+                    client.receive(client.send("cancel", {"job": job}))
+                except ServiceError as exc:
+                    self._post("error", text=f"{exc.code}: {exc.message}")
+                self._post("cancelled", job=job)
+                return
+            try:
+                msg = client.receive(msg_id, timeout=POLL_S)
+            except TimeoutError:
+                continue
+            except ServiceError as exc:
+                self._post("error", text=f"{exc.code}: {exc.message}")
+                return
+            if msg.type == "progress":
+                self._post("progress", preview=msg.frames.get("preview"), **msg.fields)
+            elif msg.type == "done":
+                self._post("done", **msg.fields)
+                return
+
+    def _stream(self, client: ServiceClient, kw: dict) -> None:
+        self._cancel_stream = False
+        for index, rgba in client.render_stream(kw["avatar"], kw["views"], window=kw.get("window", 4)):
+            self._post("stream_frame", index=index, rgba=rgba, total=len(kw["views"]))
+            if self._cancel_stream or self._stop.is_set():
+                self._post("stream_cancelled")
+                return
+        self._post("stream_done", total=len(kw["views"]))
