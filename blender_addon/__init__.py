@@ -2,8 +2,9 @@
 and the vendored shared/ package only, never torch.
 
 The panel connects to a backend (docs/protocol.md), creates avatars from a photo posed like
-an SMPL armature, loads them (making the rig) and previews frames. Animation rendering and the
-automatic live preview are still to come (issue 6).
+an SMPL armature, loads them (making the rig), previews frames live in the camera's background
+as the frame, pose or camera changes, and renders the animation (or a quick camera-path
+preview) to PNG files.
 """
 import bpy
 
@@ -28,6 +29,10 @@ class AvatarSettings(bpy.types.PropertyGroup):
     avatar_list: bpy.props.StringProperty(options={"SKIP_SAVE"})
     status: bpy.props.StringProperty(name="Status", default="not connected", options={"SKIP_SAVE"})
     progress: bpy.props.FloatProperty(name="Progress", min=0.0, max=1.0, subtype="FACTOR", options={"SKIP_SAVE"})
+    live_preview: bpy.props.BoolProperty(name="Live preview", default=True,
+                                         description="Render the avatar whenever the frame, pose or camera changes")
+    output_dir: bpy.props.StringProperty(name="Output", subtype="DIR_PATH", default="//avatar_frames/",
+                                         description="Where 'Render avatar animation' writes its PNG frames")
 
 
 class VIEW3D_PT_one_shot_avatar(bpy.types.Panel):
@@ -55,6 +60,12 @@ class VIEW3D_PT_one_shot_avatar(bpy.types.Panel):
         row = col.row()
         row.operator("one_shot_avatar.load")
         row.operator("one_shot_avatar.preview")
+        col.prop(settings, "live_preview")
+        col.prop(settings, "output_dir")
+        row = col.row()
+        row.operator("one_shot_avatar.render_animation")
+        row.operator("one_shot_avatar.render_animation", text="Camera path preview").preview = True
+        col.operator("one_shot_avatar.cancel_render")
 
 
 _classes = (AvatarSettings, VIEW3D_PT_one_shot_avatar) + operators.classes
@@ -64,6 +75,7 @@ def register():
     for cls in _classes:
         bpy.utils.register_class(cls)
     bpy.types.Scene.one_shot_avatar = bpy.props.PointerProperty(type=AvatarSettings)
+    operators.add_handlers()
 
 
 def unregister():

@@ -162,6 +162,103 @@ class AVATAR_OT_preview(bpy.types.Operator):
         return {"FINISHED"}
 
 
+def _scaled_camera(cam: dict, scale: float) -> dict:
+    if scale == 1.0:
+        return cam
+    K = np.asarray(cam["K"], dtype=np.float64) * np.array([[scale], [scale], [1.0]])
+    return {**cam, "K": K.tolist(), "width": max(16, round(cam["width"] * scale)),
+            "height": max(16, round(cam["height"] * scale))}
+
+
+class AVATAR_OT_render_animation(bpy.types.Operator):
+    bl_idname = "one_shot_avatar.render_animation"
+    bl_label = "Render avatar animation"
+    bl_description = "Render every frame of the scene's range (armature and camera as keyed) to PNG files"
+
+    preview: bpy.props.BoolProperty(name="Camera path preview", default=False,
+                                    description="Quarter resolution: a fast look along the camera's path")
+
+    def execute(self, context):
+        s = settings(context)
+        if connection() is None or not s.avatar_id:
+            self.report({"ERROR"}, "connect and load an avatar first")
+            return {"CANCELLED"}
+        scene = context.scene
+        frames = list(range(scene.frame_start, scene.frame_end + 1, max(1, scene.frame_step)))
+        current = scene.frame_current
+        views = []
+        _state["busy"] = True  # stepping through the frames must not trigger live previews
+        try:
+            for f in frames:
+                scene.frame_set(f)
+                view = current_view(context)
+                view["camera"] = _scaled_camera(view["camera"], 0.25 if self.preview else 1.0)
+                views.append(view)
+        except ValueError as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        finally:
+            scene.frame_set(current)
+            _state["busy"] = False
+        _state["stream_frames"] = frames
+        _state["stream_dir"] = bpy.path.abspath(s.output_dir)
+        connection().submit("stream", avatar=s.avatar_id, views=views)
+        s.status, s.progress = f"rendering {len(frames)} frames", 0.0
+        return {"FINISHED"}
+
+
+class AVATAR_OT_cancel_render(bpy.types.Operator):
+    bl_idname = "one_shot_avatar.cancel_render"
+    bl_label = "Stop rendering"
+
+    def execute(self, context):
+        if connection() is not None:
+            connection().cancel_stream()
+        return {"FINISHED"}
+
+
+def save_frame(rgba: np.ndarray, path: str) -> None:
+    """Write an RGBA uint8 frame as PNG through Blender (no image library needed)."""
+    import os
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    img = put_image("Avatar Frame Out", rgba)
+    img.filepath_raw = path
+    img.file_format = "PNG"
+    img.save()
+
+
+def show_in_camera(scene, img) -> None:
+    """The preview as the active camera's background image (what the camera sees)."""
+    cam = scene.camera
+    if cam is None or cam.type != "CAMERA":
+        return
+    cam.data.show_background_images = True
+    for bg in cam.data.background_images:
+        if bg.image == img:
+            return
+    bg = cam.data.background_images.new()
+    bg.image, bg.alpha, bg.display_depth = img, 1.0, "FRONT"
+
+
+def on_scene_change(scene, depsgraph=None) -> None:
+    """Handler for frame changes and edits: ask for a frame when the view really changed
+    (applying a frame updates an image, which must not start another render)."""
+    s = scene.one_shot_avatar
+    conn = connection()
+    if not s.live_preview or conn is None or not s.avatar_id or _state.get("busy"):
+        return
+    try:
+        view = current_view(bpy.context)
+    except (ValueError, KeyError):
+        return
+    key = hash((np.round(view["pose"], 5).tobytes(), np.round(view["transl"], 5).tobytes(),
+                repr(view["camera"])))
+    if key != _state.get("last_view"):
+        _state["last_view"] = key
+        conn.request_render(scene.frame_current, s.avatar_id, view)
+
+
 def apply_result(kind: str, payload: dict, context=None) -> None:
     """What the connection thread brought back -> the scene (main thread only)."""
     s = settings(context)
@@ -199,7 +296,14 @@ def apply_result(kind: str, payload: dict, context=None) -> None:
         bpy.context.view_layer.update()  # evaluated bone positions follow the written pose
         s.status = f"loaded avatar {payload['avatar']}"
     elif kind == "frame":
-        put_image(PREVIEW_IMAGE, payload["rgba"])
+        show_in_camera(bpy.context.scene, put_image(PREVIEW_IMAGE, payload["rgba"]))
+    elif kind == "stream_frame":
+        frame = _state["stream_frames"][payload["index"]]
+        save_frame(payload["rgba"], f"{_state['stream_dir'].rstrip('/')}/frame_{frame:04d}.png")
+        s.progress = (payload["index"] + 1) / payload["total"]
+        s.status = f"rendered frame {payload['index'] + 1}/{payload['total']}"
+    elif kind in ("stream_done", "stream_cancelled"):
+        s.status = "animation rendered" if kind == "stream_done" else "animation render stopped"
 
 
 def poll_results():
@@ -212,10 +316,28 @@ def poll_results():
     return 0.1
 
 
-classes = (AVATAR_OT_connect, AVATAR_OT_create, AVATAR_OT_cancel, AVATAR_OT_load, AVATAR_OT_preview)
+classes = (AVATAR_OT_connect, AVATAR_OT_create, AVATAR_OT_cancel, AVATAR_OT_load, AVATAR_OT_preview,
+           AVATAR_OT_render_animation, AVATAR_OT_cancel_render)
+
+
+def _handler(scene, depsgraph=None):
+    on_scene_change(scene, depsgraph)
+
+
+def add_handlers() -> None:
+    for hooks in (bpy.app.handlers.frame_change_post, bpy.app.handlers.depsgraph_update_post):
+        if _handler not in hooks:
+            hooks.append(_handler)
+
+
+def remove_handlers() -> None:
+    for hooks in (bpy.app.handlers.frame_change_post, bpy.app.handlers.depsgraph_update_post):
+        while _handler in hooks:
+            hooks.remove(_handler)
 
 
 def shutdown() -> None:
+    remove_handlers()
     conn = connection()
     if conn is not None:
         conn.close()

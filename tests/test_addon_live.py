@@ -108,6 +108,39 @@ def test_connect_create_load_preview(tmp_path, open_body):
         assert tuple(img.size) == (128, 128)
         assert np.abs(shown - direct).max() <= 1.0   # the frame landed in the image, right way up
 
+        # live preview: a new pose of the rig brings a new frame by itself
+        before = shown.copy()
+        raised = pose.copy()
+        raised[3 * 16 + 2] = 0.9                    # left shoulder up
+        rig.write_pose(arm, raised, transl)
+        bpy.context.view_layer.update()
+        operators.on_scene_change(scene)            # what the depsgraph handler does
+
+        def changed():
+            img.pixels.foreach_get(px)
+            return np.abs((px.reshape(128, 128, 4)[::-1] * 255).round() - before).max() > 50
+        wait_for(changed, timeout=60)
+
+        # animation: three keyed poses -> three PNG files
+        for frame, angle in ((1, 0.0), (2, 0.5), (3, 1.0)):
+            p = pose.copy()
+            p[3 * 16 + 2] = angle
+            rig.write_pose(arm, p, transl)
+            for pb in arm.pose.bones:
+                pb.keyframe_insert("rotation_quaternion", frame=frame)
+                pb.keyframe_insert("location", frame=frame)
+        scene.frame_start, scene.frame_end = 1, 3
+        s.output_dir = str(tmp_path / "anim") + "/"
+        assert bpy.ops.one_shot_avatar.render_animation() == {"FINISHED"}
+        wait_for(lambda: s.status == "animation rendered", timeout=120)
+        files = sorted((tmp_path / "anim").glob("frame_*.png"))
+        assert [f.name for f in files] == ["frame_0001.png", "frame_0002.png", "frame_0003.png"]
+        a, b = (np.asarray(Image.open(f)) for f in (files[0], files[2]))
+        assert a.shape == (128, 128, 4) and not np.array_equal(a, b)
+        assert bpy.ops.one_shot_avatar.render_animation(preview=True) == {"FINISHED"}
+        wait_for(lambda: s.status == "animation rendered" and s.progress == 1.0, timeout=120)
+        assert np.asarray(Image.open(tmp_path / "anim" / "frame_0001.png")).shape == (32, 32, 4)  # quarter size
+
         s.armature = None                           # loading makes the avatar's own rig
         assert bpy.ops.one_shot_avatar.load() == {"FINISHED"}
         wait_for(lambda: s.armature is not None, timeout=60)
