@@ -1,14 +1,19 @@
-"""Build the installable Blender add-on zip: blender_addon/ with shared/ vendored inside.
+"""Build the installable Blender add-on zip: blender_addon/ with shared/ vendored inside and
+the pyzmq + msgpack wheels Blender installs for it.
 
-    python build_addon.py [--out dist/]
+    python build_addon.py [--out dist/] [--no-wheels]
 
-The zip is a Blender 4.2+ extension (blender_manifest.toml at its root). Bundling the
-pyzmq and msgpack wheels for every platform comes with the add-on issue; this build
-checks the manifest and vendors shared/ so the add-on never depends on the source tree.
+The zip is a Blender 4.2+ extension (blender_manifest.toml at its root). The wheels (the
+versions pinned in requirements.lock) are downloaded from PyPI by this build, never committed,
+for Blender's Pythons (3.11: Blender 4.2-5.0; 3.13: 5.1 and later) on Linux, Windows and macOS,
+x86_64 and arm64 where published, and listed in the zip's manifest (`wheels = [...]`); Blender
+installs the ones matching the machine. Downloads are cached in <out>/wheel-cache.
 """
 from __future__ import annotations
 
 import argparse
+import re
+import subprocess
 import sys
 import tomllib
 import zipfile
@@ -31,26 +36,83 @@ def check_manifest(path: Path) -> dict:
     return manifest
 
 
-def build(out_dir: Path) -> Path:
-    manifest = check_manifest(ROOT / "blender_addon" / "blender_manifest.toml")
+WHEEL_PACKAGES = ("pyzmq", "msgpack")
+PYTHONS = ("3.11", "3.13")
+PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_28_aarch64", "win_amd64", "win_arm64",
+             "macosx_11_0_arm64", "macosx_10_15_x86_64")
+
+
+def pinned_versions() -> dict[str, str]:
+    lock = (ROOT / "requirements.lock").read_text()
+    out = {}
+    for name in WHEEL_PACKAGES:
+        m = re.search(rf"^{name}==([^\s#]+)", lock, re.MULTILINE | re.IGNORECASE)
+        if not m:
+            raise SystemExit(f"requirements.lock pins no {name}: the add-on's wheels follow the lock")
+        out[name] = m.group(1)
+    return out
+
+
+def download_wheels(cache: Path, log=print) -> list[Path]:
+    """The wheels for every (Python, platform) that PyPI publishes; unpublished pairs are
+    reported and skipped. A failed download of a published pair is an error (no silent gaps)."""
+    cache.mkdir(parents=True, exist_ok=True)
+    specs = [f"{n}=={v}" for n, v in pinned_versions().items()]
+    for py in PYTHONS:
+        for plat in PLATFORMS:
+            for spec in specs:
+                cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+                       "--python-version", py, "--implementation", "cp", "--platform", plat,
+                       "--dest", str(cache), "--quiet", "--disable-pip-version-check", spec]
+                proc = subprocess.run(cmd, capture_output=True, text=True)
+                if proc.returncode != 0:
+                    if "No matching distribution" in proc.stderr or "Could not find a version" in proc.stderr:
+                        log(f"  no {spec} wheel for Python {py} on {plat}: skipped")
+                        continue
+                    raise SystemExit(f"downloading {spec} for Python {py} on {plat} failed:\n{proc.stderr[-2000:]}")
+    return sorted(cache.glob("*.whl"))
+
+
+def build(out_dir: Path, wheels: bool = True, log=print) -> Path:
+    manifest_path = ROOT / "blender_addon" / "blender_manifest.toml"
+    manifest = check_manifest(manifest_path)
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"{manifest['id']}-{manifest['version']}.zip"
-    files = [(p, p.relative_to(ROOT / "blender_addon")) for p in sorted((ROOT / "blender_addon").rglob("*"))]
+    files = [(p, p.relative_to(ROOT / "blender_addon")) for p in sorted((ROOT / "blender_addon").rglob("*"))
+             if p != manifest_path]
     files += [(p, Path("shared") / p.relative_to(ROOT / "shared")) for p in sorted((ROOT / "shared").rglob("*.py"))]
+    wheel_files = download_wheels(out_dir / "wheel-cache", log) if wheels else []
+    manifest_text = manifest_path.read_text()
+    if wheel_files:
+        listed = ",\n".join(f'    "./wheels/{w.name}"' for w in wheel_files)
+        # a top-level key: before the first [table], or TOML would put it inside that table
+        head, sep, tables = manifest_text.partition("\n[")
+        manifest_text = f"{head}\nwheels = [\n{listed},\n]\n{sep}{tables}"
+        check_wheels_listed(tomllib.loads(manifest_text), [w.name for w in wheel_files])
     tmp = target.with_suffix(".tmp")
     with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("blender_manifest.toml", manifest_text)
         for src, arc in files:
             if src.is_file() and "__pycache__" not in src.parts:
                 zf.write(src, arc.as_posix())
+        for w in wheel_files:
+            zf.write(w, f"wheels/{w.name}")
     tmp.replace(target)
     return target
+
+
+def check_wheels_listed(manifest: dict, names: list[str]) -> None:
+    listed = sorted(Path(w).name for w in manifest.get("wheels", []))
+    if listed != sorted(names):
+        raise SystemExit(f"manifest wheels {listed} do not match the bundled files {sorted(names)}")
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "dist")
+    parser.add_argument("--no-wheels", action="store_true", help="skip the wheels (offline development builds)")
     args = parser.parse_args(argv)
-    print(f"built {build(args.out)}")
+    print(f"built {build(args.out, wheels=not args.no_wheels)}")
     return 0
 
 

@@ -26,9 +26,10 @@ class AvatarSettings(bpy.types.PropertyGroup):
                                         poll=lambda self, obj: obj.type == "ARMATURE",
                                         description="The SMPL rig that poses the avatar")
     avatar_id: bpy.props.StringProperty(name="Avatar", description="The avatar on the backend to use")
-    avatar_list: bpy.props.StringProperty(options={"SKIP_SAVE"})
-    status: bpy.props.StringProperty(name="Status", default="not connected", options={"SKIP_SAVE"})
-    progress: bpy.props.FloatProperty(name="Progress", min=0.0, max=1.0, subtype="FACTOR", options={"SKIP_SAVE"})
+    # runtime state, reset when a .blend is opened (operators._on_file_loaded)
+    avatar_list: bpy.props.StringProperty()
+    status: bpy.props.StringProperty(name="Status", default="not connected")
+    progress: bpy.props.FloatProperty(name="Progress", min=0.0, max=1.0, subtype="FACTOR")
     live_preview: bpy.props.BoolProperty(name="Live preview", default=True,
                                          description="Render the avatar whenever the frame, pose or camera changes")
     output_dir: bpy.props.StringProperty(name="Output", subtype="DIR_PATH", default="//avatar_frames/",

@@ -324,16 +324,29 @@ def _handler(scene, depsgraph=None):
     on_scene_change(scene, depsgraph)
 
 
+@bpy.app.handlers.persistent
+def _on_file_loaded(_filepath=None):
+    """A reopened .blend keeps the settings, not the last session's status and progress."""
+    for scene in bpy.data.scenes:
+        s = scene.one_shot_avatar
+        s.status, s.progress = ("connected" if connection() is not None else "not connected"), 0.0
+
+
+_HOOKS = (("frame_change_post", _handler), ("depsgraph_update_post", _handler), ("load_post", _on_file_loaded))
+
+
 def add_handlers() -> None:
-    for hooks in (bpy.app.handlers.frame_change_post, bpy.app.handlers.depsgraph_update_post):
-        if _handler not in hooks:
-            hooks.append(_handler)
+    for name, fn in _HOOKS:
+        hooks = getattr(bpy.app.handlers, name)
+        if fn not in hooks:
+            hooks.append(fn)
 
 
 def remove_handlers() -> None:
-    for hooks in (bpy.app.handlers.frame_change_post, bpy.app.handlers.depsgraph_update_post):
-        while _handler in hooks:
-            hooks.remove(_handler)
+    for name, fn in _HOOKS:
+        hooks = getattr(bpy.app.handlers, name)
+        while fn in hooks:
+            hooks.remove(fn)
 
 
 def shutdown() -> None:

@@ -170,3 +170,24 @@ def test_unreachable_backend_is_a_status_line_not_a_traceback():
     finally:
         blender_addon.unregister()
         bpy.ops.wm.read_factory_settings(use_empty=True)   # leave no settings behind for other tests
+
+
+def test_settings_survive_saving_and_reopening(tmp_path):
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    blender_addon.register()
+    try:
+        s = bpy.context.scene.one_shot_avatar
+        s.backend_address, s.prompt, s.preset, s.avatar_id = "tcp://gpu-box:5557", "red hoodie", "full", "abc123abc123"
+        s.status = "transient"
+        path = tmp_path / "scene.blend"
+        bpy.ops.wm.save_as_mainfile(filepath=str(path))
+        bpy.ops.wm.read_factory_settings(use_empty=True)
+        assert bpy.context.scene.one_shot_avatar.prompt == ""
+        bpy.ops.wm.open_mainfile(filepath=str(path))
+        s = bpy.context.scene.one_shot_avatar
+        assert (s.backend_address, s.prompt, s.preset, s.avatar_id) == ("tcp://gpu-box:5557", "red hoodie", "full",
+                                                                         "abc123abc123")
+        assert s.status == "not connected"   # runtime state is not saved
+    finally:
+        blender_addon.unregister()
+        bpy.ops.wm.read_factory_settings(use_empty=True)

@@ -1,6 +1,8 @@
-"""The add-on skeleton registers in real bpy and the built zip carries shared/ and a valid manifest."""
+"""The built add-on zip: vendored shared/, the pyzmq and msgpack wheels for every platform
+(downloaded from PyPI by the build) listed in a valid manifest, and it registers in real bpy."""
 import importlib
 import sys
+import tomllib
 import zipfile
 
 import pytest
@@ -8,18 +10,33 @@ import pytest
 import build_addon
 
 
-def test_zip_has_manifest_and_vendored_shared(tmp_path):
-    target = build_addon.build(tmp_path)
-    with zipfile.ZipFile(target) as zf:
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    return build_addon.build(tmp_path_factory.mktemp("dist"), log=lambda m: None)
+
+
+def test_zip_has_manifest_vendored_shared_and_wheels(built):
+    with zipfile.ZipFile(built) as zf:
         names = set(zf.namelist())
-        assert {"blender_manifest.toml", "__init__.py", "_vendor.py", "shared/smpl.py", "shared/camera.py"} <= names
+        assert {"blender_manifest.toml", "__init__.py", "_vendor.py", "shared/smpl.py", "shared/camera.py",
+                "shared/protocol.py", "shared/client.py", "rig.py", "operators.py", "connection.py"} <= names
         sources = {n: zf.read(n).decode() for n in names if n.endswith(".py")}
         assert not [n for n, text in sources.items() if "import torch" in text or "from torch" in text]
+        manifest = tomllib.loads(zf.read("blender_manifest.toml").decode())
+    wheels = sorted(n for n in names if n.startswith("wheels/"))
+    assert sorted(w.lstrip("./") for w in manifest["wheels"]) == wheels
+    assert manifest["permissions"]["network"] and "wheels" not in manifest["permissions"]
+    versions = build_addon.pinned_versions()
+    for pkg in ("pyzmq", "msgpack"):
+        ours = [w for w in wheels if w.startswith(f"wheels/{pkg}-{versions[pkg]}-")]
+        for plat in ("manylinux", "win_amd64", "macosx"):   # every desktop platform, Blender 4.2-5.0 and 5.1+
+            assert any(plat in w and ("cp311" in w) for w in ours), (pkg, plat)
+            assert any(plat in w and ("cp313" in w or "abi3" in w) for w in ours), (pkg, plat)
 
 
-def test_addon_registers_from_the_zip_in_bpy(tmp_path):
+def test_addon_registers_from_the_zip_in_bpy(built, tmp_path):
     bpy = pytest.importorskip("bpy", reason="bpy (Blender as a module) is not installed")
-    target = build_addon.build(tmp_path)
+    target = built
     with zipfile.ZipFile(target) as zf:
         zf.extractall(tmp_path / "one_shot_avatar")
     sys.path.insert(0, str(tmp_path))
