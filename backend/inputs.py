@@ -20,6 +20,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from backend.errors import InputError
 from shared.camera import MAX_IMAGE_SIDE, MIN_IMAGE_SIDE, PinholeCamera
+from shared.rotations import rodrigues
 from shared.smpl import POSE_DIM
 
 PARAMS_FORMAT = "avatar-body-params"
@@ -308,15 +309,6 @@ def _rotation(value, where: Path, field: str) -> np.ndarray:
     return R
 
 
-def _rodrigues(rotvec: np.ndarray) -> np.ndarray:
-    angle = float(np.linalg.norm(rotvec))
-    if angle < 1e-12:
-        return np.eye(3)
-    k = rotvec / angle
-    Kx = np.array([[0.0, -k[2], k[1]], [k[2], 0.0, -k[0]], [-k[1], k[0], 0.0]])
-    return np.eye(3) + math.sin(angle) * Kx + (1.0 - math.cos(angle)) * (Kx @ Kx)
-
-
 def _body_params(pose, betas, transl, source_model: str, notes: list[str]) -> BodyParams:
     if source_model == SMPL and betas.size:
         notes = [*notes, SMPL_BETAS_NOTE]
@@ -382,7 +374,7 @@ def load_params_npz(path, image_hw: tuple[int, int]) -> tuple[BodyParams, Pinhol
                                _translation(E[:3, 3], path, "extrinsics[:3, 3]"), W, H)
     notes: list[str] = []
     if "global_r" in raw:
-        Rh = _rodrigues(_vector(raw["global_r"], path, "global_r", 3, "axis-angle radians"))
+        Rh = rodrigues(_vector(raw["global_r"], path, "global_r", 3, "axis-angle radians"))
         if not np.allclose(Rh, np.eye(3)):
             # ELICIT's body in camera space is Rh @ v + global_t. We keep the body model's own
             # frame and move the rotation into the camera: R' = R Rh, transl = Rh^T global_t.

@@ -20,22 +20,14 @@ from ._vendor import shared  # noqa: F401  (makes `shared` importable inside Ble
 from .blender_camera import TO_BLENDER
 
 try:
+    from .shared.rotations import rodrigues
     from .shared.smpl import FBX_JOINT_NAMES, JOINT_NAMES, PARENTS
 except ImportError:
+    from shared.rotations import rodrigues
     from shared.smpl import FBX_JOINT_NAMES, JOINT_NAMES, PARENTS
 
 C = TO_BLENDER
 LEAF_LENGTH = 0.08  # metres: bones without a child (hands, feet, head) need some length
-
-
-def rodrigues(rotvec) -> np.ndarray:
-    v = np.asarray(rotvec, dtype=np.float64)
-    angle = np.linalg.norm(v)
-    if angle < 1e-12:
-        return np.eye(3)
-    k = v / angle
-    Kx = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
-    return np.eye(3) + np.sin(angle) * Kx + (1 - np.cos(angle)) * Kx @ Kx
 
 
 def log_rotation(R: np.ndarray) -> np.ndarray:

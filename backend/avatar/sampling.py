@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from shared.camera import PinholeCamera
+from shared.rotations import rodrigues
 from shared.smpl import PART_INDEX, PART_NAMES
 
 FULL_BODY = "full_body"   # config key for "no part": the whole body is cropped
@@ -287,16 +288,6 @@ def _unit(v) -> np.ndarray:
     return v / n
 
 
-def _axis_angle_matrix(aa) -> np.ndarray:
-    aa = np.asarray(aa, dtype=np.float64).reshape(3)
-    angle = np.linalg.norm(aa)
-    if angle < 1e-12:
-        return np.eye(3)
-    k = aa / angle
-    Kx = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
-    return np.eye(3) + math.sin(angle) * Kx + (1 - math.cos(angle)) * Kx @ Kx
-
-
 def _yaw_frame(up) -> np.ndarray:
     """A rotation whose columns are (yaw 90 direction, up, yaw 0 direction): the identity for
     up = +Y; otherwise the smallest rotation taking +Y to up (exactly -Y: 180 degrees about X,
@@ -309,7 +300,7 @@ def _yaw_frame(up) -> np.ndarray:
     if c < -1 + 1e-12:
         return np.diag([1.0, -1.0, -1.0])
     axis = np.cross(y, u)
-    return _axis_angle_matrix(axis / np.linalg.norm(axis) * math.acos(max(-1.0, min(1.0, c))))
+    return rodrigues(axis / np.linalg.norm(axis) * math.acos(max(-1.0, min(1.0, c))))
 
 
 def _yaw_of(direction, up) -> float:
@@ -322,14 +313,14 @@ def _yaw_of(direction, up) -> float:
 
 def body_up(global_orient) -> np.ndarray:
     """The body's up axis in world (SMPL rest +Y rotated by the global orientation), (3,)."""
-    return _axis_angle_matrix(global_orient) @ np.array([0.0, 1.0, 0.0])
+    return rodrigues(global_orient) @ np.array([0.0, 1.0, 0.0])
 
 
 def body_facing_yaw(global_orient, up=(0.0, 1.0, 0.0)) -> float:
     """Yaw (degrees, about `up`) of the body's facing direction: SMPL's +Z rotated by the
     global orientation (axis-angle, (3,)), projected on the plane across `up`. A body facing
     along `up` (lying face up) has no yaw: 0."""
-    return _yaw_of(_axis_angle_matrix(global_orient) @ np.array([0.0, 0.0, 1.0]), up)
+    return _yaw_of(rodrigues(global_orient) @ np.array([0.0, 0.0, 1.0]), up)
 
 
 def orbit_direction(facing_yaw_deg: float, rel_yaw_deg: float, pitch_deg: float, up=(0.0, 1.0, 0.0)) -> np.ndarray:
@@ -373,7 +364,7 @@ def orbit_from_camera(camera: PinholeCamera, center, up, yaw_deg: float) -> Pinh
     which makes it the natural start of turntables and held-out views of a photo."""
     c = np.asarray(center, dtype=np.float64).reshape(3)
     # seeing the body from further round = rotating the world the other way about the axis
-    rot = _axis_angle_matrix(_unit(up) * math.radians(-yaw_deg))
+    rot = rodrigues(_unit(up) * math.radians(-yaw_deg))
     R = camera.R @ rot
     t = camera.R @ (c - rot @ c) + camera.t
     return PinholeCamera(camera.K, R, t, camera.width, camera.height)
