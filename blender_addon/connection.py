@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import queue
 import threading
-import time
 
 from ._vendor import shared  # noqa: F401
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from backend.avatar import losses
 from backend.avatar.config import LossWeights
-from backend.avatar.losses import (LpipsLoss, LpipsUnavailable, edge_distance_map, edge_loss,
+from backend.avatar.losses import (LpipsUnavailable, edge_distance_map, edge_loss,
                                    load_lpips, mse, silhouette_loss, ssim, ssim_loss)
 from backend.errors import AvatarError
 

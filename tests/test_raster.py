@@ -260,7 +260,6 @@ def test_body_silhouette_matches_blender_cycles(open_body):
 
 def test_blender_camera_conversion_matches_world_to_camera_view(open_body):
     pytest.importorskip("bpy", reason="bpy (Blender as a module) is needed")
-    import bpy
     import mathutils
     from bpy_extras.object_utils import world_to_camera_view
     from blender_reference import setup_scene

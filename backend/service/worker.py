@@ -291,7 +291,7 @@ class Worker(threading.Thread):
             self.store.set_state(avatar_id, values["stage"])
 
     def _scan_store(self) -> None:
-        from backend.avatar.avatar_file import AvatarFileError, load_avatar
+        from backend.avatar.avatar_file import load_avatar
 
         for avatar_id in self.store.ids():
             job = self.store.job(avatar_id)
