@@ -1,4 +1,5 @@
-"""Image metrics inside the person's bounding box (the ZJU-MoCap protocol): PSNR and SSIM."""
+"""Image metrics inside the person's bounding box (the ZJU-MoCap protocol): PSNR, SSIM and,
+when its VGG16 weights are on the machine, LPIPS."""
 from __future__ import annotations
 
 import math
@@ -31,8 +32,14 @@ def ssim_image(pred: np.ndarray, target: np.ndarray) -> float:
     return float(ssim(as_t(pred), as_t(target)))
 
 
-def boxed_metrics(pred: np.ndarray, target: np.ndarray, mask: np.ndarray) -> dict:
-    """PSNR and SSIM inside the person's box of `mask` (the ground truth's)."""
+def boxed_metrics(pred: np.ndarray, target: np.ndarray, mask: np.ndarray, lpips=None) -> dict:
+    """PSNR and SSIM (and LPIPS when an LpipsLoss is given) inside the person's box of `mask`
+    (the ground truth's)."""
     rows, cols = person_box(mask)
     p, t = pred[rows, cols], target[rows, cols]
-    return {"psnr": psnr(p, t), "ssim": ssim_image(p, t)}
+    out = {"psnr": psnr(p, t), "ssim": ssim_image(p, t)}
+    if lpips:
+        as_t = lambda a: torch.as_tensor(np.asarray(a, np.float32)).permute(2, 0, 1)[None]  # noqa: E731
+        with torch.no_grad():
+            out["lpips"] = float(lpips(as_t(p), as_t(t)))
+    return out
