@@ -46,8 +46,8 @@ def _save_pair(path: Path, pred: np.ndarray, truth: np.ndarray) -> None:
     Image.fromarray((np.clip(both, 0, 1) * 255).round().astype(np.uint8)).save(path)
 
 
-def evaluate_demo(record, body: BodyModel, truth: dict, camera: PinholeCamera, out_dir: Path, scale: float = 0.5,
-                  log=print) -> dict:
+def evaluate_demo(record, body: BodyModel, truth: dict, camera: PinholeCamera, out_dir: Path, scale: float = 0.5
+                  ) -> dict:
     """Held-out views (8 directions) and novel poses: PSNR/SSIM inside the person box, on white."""
     avatar = record.avatar.eval()
     pose_t, betas_t, transl_t = truth["pose"], truth["betas"], truth["transl"]
@@ -120,7 +120,7 @@ def run_demo(sample: Path, out_dir: Path, body: BodyModel, preset: str = "quick"
     truth_npz = np.load(sample / "true_params.npz")
     truth = {"pose": truth_npz["pose"][0], "betas": truth_npz["betas"][0], "transl": truth_npz["global_t"][0]}
     log("measuring held-out views and novel poses")
-    metrics = evaluate_demo(result.record, body, truth, result.record.camera, out_dir, log=log)
+    metrics = evaluate_demo(result.record, body, truth, result.record.camera, out_dir)
     metrics["fit_seconds"] = fit_seconds
     metrics["total_seconds"] = time.perf_counter() - start
     metrics["warnings"] = result.report.get("warnings", [])
