@@ -7,6 +7,8 @@
   fit-body  fit the body to a photo + mask + params (ELICIT folder or JSON) and write an
             overlay PNG and the fitted parameters, printing silhouette IoU before/after
   sample    write the built-in sample subject (ELICIT format) into a folder
+  benchmark the quality benchmark: Cycles-rendered synthetic people, every method and
+            ablation, PSNR/SSIM/LPIPS per view bin (docs/benchmark.md)
   serve     run the backend service (ZeroMQ, docs/protocol.md)
   keys      make CurveZMQ key pairs for remote use of the service
   client    talk to a running service: ping, list, fit, render
@@ -210,6 +212,20 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _cmd_benchmark(args) -> int:
+    from backend.benchmark.run import run_benchmark
+
+    clip_spec = None if args.no_clip else _available_clip(args)
+    methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
+    command = "python -m backend " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["benchmark"] else ""
+    results = run_benchmark(args.size, args.out, methods=methods, subjects=args.subjects, seed=args.seed,
+                            clip_spec=clip_spec, lpips_weights=args.lpips_weights, device=args.device,
+                            cache=args.cache, body_source_name=args.body, resume=args.resume, command=command)
+    print((args.out / "results.md").read_text())
+    print(f"benchmark finished in {results['total_seconds'] / 60:.1f} min; outputs in {args.out}")
+    return 0
+
+
 def _available_clip(args):
     """The CLIP spec when its weights are on this machine; else None (the demo still runs,
     without the semantic prior, and says so)."""
@@ -225,19 +241,11 @@ def _available_clip(args):
 
 
 def _joint_error_mm(body, result, truth) -> dict:
-    """Mean per-joint position error with the pelvis aligned (MPJPE, the usual pose metric:
-    from one view the absolute depth, and so the body's size, is ambiguous)."""
-    import torch
+    from backend.body.fitting import joint_error_mm
 
-    with torch.no_grad():
-        def joints(pose, betas, transl):
-            j = body(pose, betas, transl).joints[0]
-            return j - j[0]
-        true_j = joints(truth["pose"][0], truth["betas"][0], truth["global_t"][0])
-        def err(pose, betas, transl):
-            return float((joints(pose, betas, transl) - true_j).norm(dim=-1).mean() * 1000)
-        return {"before": err(result.initial_pose, result.initial_betas, result.initial_transl),
-                "after": err(result.fit.pose, result.fit.betas, result.fit.transl)}
+    true = (truth["pose"][0], truth["betas"][0], truth["global_t"][0])
+    return {"before": joint_error_mm(body, result.initial_pose, result.initial_betas, result.initial_transl, *true),
+            "after": joint_error_mm(body, result.fit.pose, result.fit.betas, result.fit.transl, *true)}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -318,6 +326,21 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("out", type=Path)
     sample.add_argument("--seed", type=int, default=0)
     sample.set_defaults(func=_cmd_sample)
+    bench = sub.add_parser("benchmark", help="the quality benchmark (docs/benchmark.md)")
+    bench.add_argument("--size", default="quick", choices=["quick", "full", "tiny"],
+                       help="quick: this CPU in < 30 min; full: a GPU; tiny: a smoke test")
+    bench.add_argument("--out", type=Path, default=Path("out/benchmark"))
+    bench.add_argument("--methods", help="comma-separated subset (default: all; see docs/benchmark.md)")
+    bench.add_argument("--subjects", type=int, help="number of subjects (default: the size's)")
+    bench.add_argument("--seed", type=int, default=0, help="subject generator seed")
+    bench.add_argument("--cache", type=Path, help="where rendered subjects are kept (default: the cache dir)")
+    bench.add_argument("--body", default="true", choices=["true", "fitted"],
+                       help="body parameters the methods start from: the true ones (ELICIT's protocol) or "
+                            "ours fitted to the photo; the full method runs on both either way")
+    bench.add_argument("--resume", action="store_true",
+                       help="keep the subjects a previous run with the same settings finished in --out")
+    _add_prior_args(bench)
+    bench.set_defaults(func=_cmd_benchmark)
     return parser
 
 

@@ -63,6 +63,11 @@ class PinholeCamera:
         uvw = x @ self.K.T
         return uvw[:, :2] / uvw[:, 2:3]
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "PinholeCamera":
+        """The inverse of to_dict."""
+        return cls(d["K"], d["R"], d["t"], d["width"], d["height"])
+
     def to_dict(self) -> dict:
         return {"width": self.width, "height": self.height, "K": self.K.tolist(),
                 "R": self.R.tolist(), "t": self.t.tolist()}

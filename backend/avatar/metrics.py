@@ -39,7 +39,8 @@ def boxed_metrics(pred: np.ndarray, target: np.ndarray, mask: np.ndarray, lpips=
     p, t = pred[rows, cols], target[rows, cols]
     out = {"psnr": psnr(p, t), "ssim": ssim_image(p, t)}
     if lpips:
-        as_t = lambda a: torch.as_tensor(np.asarray(a, np.float32)).permute(2, 0, 1)[None]  # noqa: E731
+        dev = next(lpips.parameters()).device
+        as_t = lambda a: torch.as_tensor(np.asarray(a, np.float32), device=dev).permute(2, 0, 1)[None]  # noqa: E731
         with torch.no_grad():
             out["lpips"] = float(lpips(as_t(p), as_t(t)))
     return out

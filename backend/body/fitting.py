@@ -184,3 +184,14 @@ def wrap_angles(pose: np.ndarray) -> np.ndarray:
     big = angle > math.pi
     aa[big] *= (1.0 - 2.0 * math.pi / angle[big])[:, None]
     return aa.reshape(-1)
+
+
+def joint_error_mm(body: BodyModel, pose, betas, transl, true_pose, true_betas, true_transl) -> float:
+    """Mean per-joint position error with the pelvis aligned (MPJPE, the usual pose metric:
+    from one view the absolute depth, and so the body's size, is ambiguous)."""
+    with torch.no_grad():
+        def joints(p, b, t):
+            j = body(p, b, t).joints[0]
+            return j - j[0]
+        return float((joints(pose, betas, transl) - joints(true_pose, true_betas, true_transl)).norm(dim=-1).mean()
+                     * 1000)

@@ -1,0 +1,83 @@
+"""The methods the quality benchmark compares: the full method, its ablations and two baselines.
+
+Each is a change to the fit configuration of the chosen size (or, for the projection baseline,
+no avatar at all). Rows that need CLIP are run only where its weights are on the machine;
+without them the full method itself runs without its semantic prior, and the report says so.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+from backend.avatar.config import FitConfig, LossWeights, StageBConfig
+from backend.errors import AvatarError
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    name: str
+    label: str
+    description: str
+    kind: str = "avatar"            # "avatar" (fit_avatar) or "projection"
+    needs_clip: bool = False        # skipped, with the reason, where no CLIP weights exist
+    use_prompt: bool = True         # CLIP text guidance with the subject's description
+    body: str | None = None         # "true" / "fitted" body parameters; None: the run's choice
+    change: Callable[[FitConfig], FitConfig] = lambda cfg: cfg
+
+
+def _losses(cfg: FitConfig, **weights) -> FitConfig:
+    return dataclasses.replace(cfg, losses=dataclasses.replace(cfg.losses, **weights))
+
+
+def _reconstruction_only(cfg: FitConfig) -> FitConfig:
+    """HumanNeRF on one image: the body model still poses and bounds the field (as HumanNeRF's
+    SMPL does), but the field starts blank (no stage A) and only the photo supervises it."""
+    stage_b: StageBConfig = dataclasses.replace(cfg.stage_b, input_view_prob=1.0)
+    no_priors = LossWeights(clip_image=0.0, clip_text=0.0, silhouette=0.0, outside=0.0, edge=0.0)
+    return dataclasses.replace(cfg, stage_a=dataclasses.replace(cfg.stage_a, iterations=0), stage_b=stage_b,
+                               losses=dataclasses.replace(no_priors, lpips=cfg.losses.lpips, mse=cfg.losses.mse,
+                                                          ssim=cfg.losses.ssim, input_alpha=cfg.losses.input_alpha,
+                                                          smoothness=cfg.losses.smoothness),
+                               part_sampling=False, rotation_sampling=False, use_clip=False)
+
+
+METHODS = (
+    Method("full", "Full method", "both priors, part- and rotation-aware sampling, CLIP image + text"),
+    Method("full_fitted_body", "Full, fitted body (end to end)",
+           "the full method on the body fitted to the photo from a rough pose estimate", body="fitted"),
+    Method("full_true_body", "Full, true body",
+           "the full method on the true body parameters: the avatar's own share of the error", body="true"),
+    Method("no_silhouette", "w/o silhouette loss", "the SMPL soft-silhouette loss off (edge and outside losses kept)",
+           change=lambda c: _losses(c, silhouette=0.0)),
+    Method("no_part_sampling", "w/o part-aware sampling", "novel views always of the whole body",
+           change=lambda c: dataclasses.replace(c, part_sampling=False)),
+    Method("no_rotation_sampling", "w/o rotation-aware sampling", "novel-view directions uniform around the body",
+           change=lambda c: dataclasses.replace(c, rotation_sampling=False)),
+    Method("no_clip", "w/o CLIP", "no semantic prior", needs_clip=True,
+           change=lambda c: dataclasses.replace(c, use_clip=False)),
+    Method("no_clip_text", "w/o CLIP text", "CLIP image loss only, no prompt", needs_clip=True, use_prompt=False),
+    Method("recon_only", "Reconstruction-only NeRF", "no priors: no stage A, only the photo's losses",
+           change=_reconstruction_only),
+    Method("projection", "Body-texture projection", "the photo projected on the fitted body, mirrored to the back",
+           kind="projection"),
+)
+BY_NAME = {m.name: m for m in METHODS}
+
+
+BODY_SOURCES = ("true", "fitted")
+
+
+def select(names: list[str] | None, body: str = "true") -> list[Method]:
+    """The named methods (default: all), without the row that would repeat "full" on the run's
+    own body source."""
+    if body not in BODY_SOURCES:
+        raise AvatarError(f"unknown body source {body!r}; choose from {', '.join(BODY_SOURCES)}")
+    unknown = [n for n in names or () if n not in BY_NAME]
+    if unknown:
+        raise AvatarError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(BY_NAME)}")
+    chosen = [BY_NAME[n] for n in names] if names else list(METHODS)
+    return [m for m in chosen if m.body is None or m.body != body or m.name == "full"]
+
+
+def body_source(method: Method, run_body: str) -> str:
+    return method.body or run_body
