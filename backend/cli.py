@@ -220,7 +220,8 @@ def _cmd_benchmark(args) -> int:
     command = "python -m backend " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["benchmark"] else ""
     results = run_benchmark(args.size, args.out, methods=methods, subjects=args.subjects, seed=args.seed,
                             clip_spec=clip_spec, lpips_weights=args.lpips_weights, device=args.device,
-                            cache=args.cache, body_source_name=args.body, resume=args.resume, command=command)
+                            cache=args.cache, body_source_name=args.body, resume=args.resume,
+                            keep_avatars=args.keep_avatars, command=command)
     print((args.out / "results.md").read_text())
     print(f"benchmark finished in {results['total_seconds'] / 60:.1f} min; outputs in {args.out}")
     return 0
@@ -339,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "ours fitted to the photo; the full method runs on both either way")
     bench.add_argument("--resume", action="store_true",
                        help="keep the subjects a previous run with the same settings finished in --out")
+    bench.add_argument("--keep-avatars", action="store_true", help="keep every fitted .avatar under --out/work")
     _add_prior_args(bench)
     bench.set_defaults(func=_cmd_benchmark)
     return parser

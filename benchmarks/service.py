@@ -30,14 +30,18 @@ from shared.client import ServiceClient  # noqa: E402
 
 
 def start_server(store: Path, device: str) -> tuple[subprocess.Popen, str]:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    path = os.environ.get("PYTHONPATH")
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + (os.pathsep + path if path else ""))
+    errors = open(store.parent / "server.stderr", "w+")   # a file, not a pipe: nobody has to drain it
     proc = subprocess.Popen([sys.executable, "-m", "backend", "serve", "--port", "0", "--store", str(store),
-                             "--device", device], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                             "--device", device], stdout=subprocess.PIPE, stderr=errors, text=True,
                             env=env, cwd=ROOT)
     m = re.search(r"tcp://127\.0\.0\.1:(\d+)", proc.stdout.readline())
     if not m:
         proc.kill()
-        raise SystemExit("the server did not start")
+        proc.wait()
+        errors.seek(0)
+        raise SystemExit("the server did not start:\n" + "\n".join(errors.read().splitlines()[-15:]))
     return proc, f"tcp://127.0.0.1:{m.group(1)}"
 
 

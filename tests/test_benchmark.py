@@ -110,9 +110,10 @@ def test_method_definitions():
     cfg = BY_NAME["no_silhouette"].change(recon)
     assert cfg.losses.silhouette == 0.0
     names = [m.name for m in select(None, "true")]
-    assert "full_fitted_body" in names and "full_true_body" not in names
+    assert {"full", "projection", "full_fitted_body", "projection_fitted_body"} <= set(names)
+    assert "full_true_body" not in names and "projection_true_body" not in names
     names = [m.name for m in select(None, "fitted")]
-    assert "full_true_body" in names and "full_fitted_body" not in names
+    assert {"full_true_body", "projection_true_body"} <= set(names) and "full_fitted_body" not in names
     with pytest.raises(AvatarError, match="unknown method"):
         select(["fulll"])
 
@@ -150,6 +151,8 @@ def test_table_writer_handles_missing_methods():
     partial = next(line for line in md.splitlines() if line.startswith("| Partial"))
     assert partial.count("—") == 4                                             # only 'front' measured
     assert "## LPIPS" not in md                                                  # no LPIPS table without values
+    per_subject = md.split("## Held-out PSNR (dB) per subject")[1]
+    assert "| s0 | 22.50 |" in per_subject and "| s1 | 24.50 |" in per_subject   # held-out: all but input
 
 
 def test_peak_memory_sees_a_large_allocation():

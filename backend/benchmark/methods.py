@@ -58,8 +58,12 @@ METHODS = (
     Method("no_clip_text", "w/o CLIP text", "CLIP image loss only, no prompt", needs_clip=True, use_prompt=False),
     Method("recon_only", "Reconstruction-only NeRF", "no priors: no stage A, only the photo's losses",
            change=_reconstruction_only),
-    Method("projection", "Body-texture projection", "the photo projected on the fitted body, mirrored to the back",
+    Method("projection", "Body-texture projection", "the photo projected on the body, mirrored to the back",
            kind="projection"),
+    Method("projection_fitted_body", "Body-texture projection, fitted body",
+           "the photo projected on the body fitted from a rough pose estimate", kind="projection", body="fitted"),
+    Method("projection_true_body", "Body-texture projection, true body",
+           "the photo projected on the true body", kind="projection", body="true"),
 )
 BY_NAME = {m.name: m for m in METHODS}
 
@@ -68,15 +72,15 @@ BODY_SOURCES = ("true", "fitted")
 
 
 def select(names: list[str] | None, body: str = "true") -> list[Method]:
-    """The named methods (default: all), without the row that would repeat "full" on the run's
-    own body source."""
+    """The named methods (default: all), without the rows that would repeat "full" or
+    "projection" on the run's own body source."""
     if body not in BODY_SOURCES:
         raise AvatarError(f"unknown body source {body!r}; choose from {', '.join(BODY_SOURCES)}")
     unknown = [n for n in names or () if n not in BY_NAME]
     if unknown:
         raise AvatarError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(BY_NAME)}")
     chosen = [BY_NAME[n] for n in names] if names else list(METHODS)
-    return [m for m in chosen if m.body is None or m.body != body or m.name == "full"]
+    return [m for m in chosen if m.body is None or m.body != body]
 
 
 def body_source(method: Method, run_body: str) -> str:

@@ -93,6 +93,21 @@ def body_fit_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def per_subject_table(results: dict, summary: dict) -> str:
+    """Held-out PSNR (all views but the input, novel poses included) per subject and method."""
+    names = [n for n, e in summary.items() if e.get("status") == "ok"]
+    lines = ["| Subject | " + " | ".join(summary[n]["label"] for n in names) + " |",
+             "|---|" + "---|" * len(names)]
+    for s in results["subjects"]:
+        cells = []
+        for n in names:
+            run = s["methods"].get(n, {})
+            views = [r["psnr"] for r in run.get("views", []) if r["bin"] != "input"]
+            cells.append(f"{np.mean(views):.2f}" if views else "—")
+        lines.append(f"| {s['name']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def write_markdown(results: dict, summary: dict) -> str:
     r = results
     parts = [f"# Quality benchmark ({r['size']['name']})", "",
@@ -113,6 +128,8 @@ def write_markdown(results: dict, summary: dict) -> str:
     if any("lpips" in b for e in summary.values() for b in e.get("by_bin", {}).values()):
         parts += ["", "## LPIPS (VGG), lower is better", "",
                   markdown_table(summary, metrics=("lpips",), memory_kind=r.get("memory_kind", "peak memory"))]
+    parts += ["", "## Held-out PSNR (dB) per subject (every view but the input)", "",
+              per_subject_table(results, summary)]
     parts += ["", "## Body fit from the rough estimate (used by the rows on the fitted body)", "", body_fit_table(results), ""]
     return "\n".join(parts)
 

@@ -52,7 +52,7 @@ SIZES = {
     # this 2-core CPU: 6 subjects x 7 rows in < 30 min; metrics at 256 px
     "quick": BenchmarkSize("quick", 6, eval_scale=0.5, preset="quick", iterations=150),
     # a GPU: paper-like fits at full resolution
-    "full": BenchmarkSize("full", 6, preset="full", iterations=2000, body_preset="full"),
+    "full": BenchmarkSize("full", 6, preset="full", iterations=1000, body_preset="full"),
     # tests: one small subject in about a minute
     "tiny": BenchmarkSize("tiny", 1, render_size=128, samples=8, preset="tiny"),
 }
@@ -121,7 +121,7 @@ def fit_subject_body(subject: Subject, body: BodyModel, size: BenchmarkSize, wor
 
 
 def run_method(method: Method, subject: Subject, body_fit, start: StartBody, body: BodyModel, size: BenchmarkSize,
-               work: Path, device: torch.device, clip, lpips_fit, lpips_metric):
+               work: Path, device: torch.device, clip, lpips_fit, lpips_metric, keep_avatar: bool = False):
     """One method on one subject: {'status', 'fit_seconds', 'eval_seconds', 'peak_memory_mb',
     'views'} and the renders."""
     from backend.avatar_fit_job import fit_avatar
@@ -147,19 +147,22 @@ def run_method(method: Method, subject: Subject, body_fit, start: StartBody, bod
                 renderer = _avatar_renderer(result.record.avatar.eval())
         with Stopwatch() as eval_time:
             rows, images = evaluate(renderer, subject, start, body, size.eval_scale, lpips_metric)
+    if method.kind != "projection" and not keep_avatar:
+        shutil.rmtree(out.parent)   # full-size avatars are tens of MB each
     return {"status": "ok", "fit_seconds": fit_time.seconds, "eval_seconds": eval_time.seconds,
             "peak_memory_mb": mem.peak_mb, "views": rows}, images
 
 
 def run_benchmark(size_name: str = "quick", out_dir: Path = Path("out/benchmark"), methods: list[str] | None = None,
                   subjects: int | None = None, seed: int = 0, clip_spec=None, lpips_weights=None, device=None,
-                  cache: Path | None = None, body_source_name: str = "true", resume: bool = False, command: str = "",
-                  log=print) -> dict:
+                  cache: Path | None = None, body_source_name: str = "true", resume: bool = False, keep_avatars: bool = False,
+                  command: str = "", log=print) -> dict:
     """Writes results.json, results.md and grids/<subject>.png into out_dir (after every
     subject). `body_source_name`: the body parameters the methods start from, "true" (ELICIT's
     protocol: the dataset's body fits) or "fitted" (ours, from the photo and a rough estimate);
     the full method also runs on the other one. `resume`: keep the subjects an earlier run with
-    the same settings already finished in out_dir."""
+    the same settings already finished in out_dir. `keep_avatars`: keep each method's .avatar
+    file under out_dir/work (else deleted once measured)."""
     from backend.avatar_fit_job import load_priors, resolve_device
 
     t0 = time.perf_counter()
@@ -169,6 +172,7 @@ def run_benchmark(size_name: str = "quick", out_dir: Path = Path("out/benchmark"
     out_dir = Path(out_dir)
     (out_dir / "grids").mkdir(parents=True, exist_ok=True)
     body = load_body_model("open_body").to(device)
+    cpu_body = load_body_model("open_body")   # the body fit and the generator run on the CPU
     notes = []
     clip, lpips, _ = load_priors(fit_preset(size.preset), clip_spec, lpips_weights, device, log=lambda m: None)
     if clip is None:
@@ -178,9 +182,8 @@ def run_benchmark(size_name: str = "quick", out_dir: Path = Path("out/benchmark"
         notes.append("LPIPS: not measured, and fits use 1 - SSIM instead of LPIPS: no VGG16 weights on this machine "
                      "(docs/clip.md names the file)")
     with Stopwatch() as gen_time:
-        folders = ensure_subjects(body.cpu(), subjects or size.subjects, seed, size.render_size, size.samples,
+        folders = ensure_subjects(cpu_body, subjects or size.subjects, seed, size.render_size, size.samples,
                                   cache, log)
-    body = body.to(device)
     results = {"size": dataclasses.asdict(size), "command": command or " ".join(sys.argv), "seed": seed,
                "machine": machine(device), "memory_kind": PeakMemory(device).kind,
                "methods": {m.name: m.label for m in chosen},
@@ -197,7 +200,7 @@ def run_benchmark(size_name: str = "quick", out_dir: Path = Path("out/benchmark"
             continue
         work = out_dir / "work" / subject.name
         log(f"{subject.name}: fitting the body")
-        body_fit, fitted, fit_info = fit_subject_body(subject, body, size, work)
+        body_fit, fitted, fit_info = fit_subject_body(subject, cpu_body, size, work)
         entry = {"name": subject.name, "prompt": subject.manifest["prompt"], "body_fit": fit_info, "methods": {}}
         truth = StartBody(subject.pose(), subject.betas, subject.transl)
         renders = {}
@@ -205,7 +208,7 @@ def run_benchmark(size_name: str = "quick", out_dir: Path = Path("out/benchmark"
             start = truth if body_source(method, body_source_name) == "true" else fitted
             try:
                 run, images = run_method(method, subject, body_fit, start, body, size, work, device, clip,
-                                         lpips, lpips)
+                                         lpips, lpips, keep_avatars)
             except Exception as exc:  # one broken row must not lose the others' hours of work
                 traceback.print_exc()
                 run, images = {"status": f"failed: {type(exc).__name__}: {exc}"}, {}
