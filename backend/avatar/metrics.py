@@ -39,7 +39,9 @@ def boxed_metrics(pred: np.ndarray, target: np.ndarray, mask: np.ndarray, lpips=
     p, t = pred[rows, cols], target[rows, cols]
     out = {"psnr": psnr(p, t), "ssim": ssim_image(p, t)}
     if lpips:
-        dev = next(lpips.parameters()).device
+        # run on the LPIPS network's device (a plain callable without parameters runs on the CPU)
+        params = getattr(lpips, "parameters", None)
+        dev = next(params()).device if params else torch.device("cpu")
         as_t = lambda a: torch.as_tensor(np.asarray(a, np.float32), device=dev).permute(2, 0, 1)[None]  # noqa: E731
         with torch.no_grad():
             out["lpips"] = float(lpips(as_t(p), as_t(t)))

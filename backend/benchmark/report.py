@@ -130,7 +130,8 @@ def write_markdown(results: dict, summary: dict) -> str:
                   markdown_table(summary, metrics=("lpips",), memory_kind=r.get("memory_kind", "peak memory"))]
     parts += ["", "## Held-out PSNR (dB) per subject (every view but the input)", "",
               per_subject_table(results, summary)]
-    parts += ["", "## Body fit from the rough estimate (used by the rows on the fitted body)", "", body_fit_table(results), ""]
+    parts += ["", "## Body fit from the rough estimate (used by the rows on the fitted body)", "",
+              body_fit_table(results), ""]
     return "\n".join(parts)
 
 

@@ -155,8 +155,8 @@ def run_method(method: Method, subject: Subject, body_fit, start: StartBody, bod
 
 def run_benchmark(size_name: str = "quick", out_dir: Path = Path("out/benchmark"), methods: list[str] | None = None,
                   subjects: int | None = None, seed: int = 0, clip_spec=None, lpips_weights=None, device=None,
-                  cache: Path | None = None, body_source_name: str = "true", resume: bool = False, keep_avatars: bool = False,
-                  command: str = "", log=print) -> dict:
+                  cache: Path | None = None, body_source_name: str = "true", resume: bool = False,
+                  keep_avatars: bool = False, command: str = "", log=print) -> dict:
     """Writes results.json, results.md and grids/<subject>.png into out_dir (after every
     subject). `body_source_name`: the body parameters the methods start from, "true" (ELICIT's
     protocol: the dataset's body fits) or "fitted" (ours, from the photo and a rough estimate);

@@ -9,7 +9,7 @@ included) and 3 novel poses seen from the input camera and from behind.
 
 Written per subject into a folder (docs/benchmark.md lists the files): the ELICIT input folder
 (photo on a textured background, mask, rough body parameters as a pose estimator would give),
-every view's RGBA render with its true body parameters and camera in our JSON format and in
+every view's RGBA render and mask with its true body parameters and camera in our JSON format and in
 the ELICIT format (the body expressed in that camera's frame), and subject.json (everything).
 """
 from __future__ import annotations
@@ -269,6 +269,15 @@ def elicit_params_in_camera(body: BodyModel, pose, betas, transl, camera: Pinhol
             "focal_l": np.float64(camera.K[0, 0])}
 
 
+def write_masks(folder: Path) -> None:
+    """masks/<view>.png: each render's alpha >= 0.5 (the person), as 0/255."""
+    out = Path(folder) / "masks"
+    out.mkdir(exist_ok=True)
+    for render in sorted((Path(folder) / "renders").glob("*.png")):
+        alpha = np.asarray(Image.open(render))[..., 3]
+        Image.fromarray(((alpha >= 128) * 255).astype(np.uint8)).save(out / render.name)
+
+
 def _save_rgb(path: Path, rgb: np.ndarray) -> None:
     Image.fromarray((np.clip(rgb, 0, 1) * 255).round().astype(np.uint8)).save(path)
 
@@ -285,6 +294,7 @@ def write_subject(body: BodyModel, spec: SubjectSpec, folder: Path, size: int = 
         renders = tmp / "renders"
         render_with_cycles(job, renders, log)
         job.unlink()
+        write_masks(tmp)
         poses = subject_poses(spec)
         truth = tmp / "truth"
         truth.mkdir()
@@ -344,6 +354,8 @@ def ensure_subjects(body: BodyModel, count: int, seed: int = 0, size: int = 512,
         if not (done.is_file() and json.loads(done.read_text()).get("body_model") == body.identity):
             log(f"rendering {spec.name} with Cycles ({size}x{size}, {samples} samples) into {folder}")
             write_subject(body, spec, folder, size, samples, log)
+        elif not (folder / "masks").is_dir():   # folders rendered before masks were written
+            write_masks(folder)
         folders.append(folder)
     return folders
 
