@@ -11,11 +11,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.profiler import ProfilerActivity, profile
 
@@ -24,17 +22,10 @@ sys.path.insert(0, str(ROOT))
 
 from backend.avatar.config import preset  # noqa: E402
 from backend.avatar.model import Avatar  # noqa: E402
-from backend.avatar.optimiser import StageB, make_photo_target, new_state  # noqa: E402
 from backend.avatar.stage_a import run_stage_a  # noqa: E402
 from backend.avatar_fit_job import resolve_device  # noqa: E402
 from backend.body.model import load_body_model  # noqa: E402
-from backend.inputs import load_elicit_folder  # noqa: E402
-from backend.sample_subject import write_sample_subject  # noqa: E402
-
-
-def _sync(dev):
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
+from benchmarks.speed import load_sample, sync, warm_stage_b  # noqa: E402
 
 
 def report(name: str, prof, wall: float, dev, rows: int) -> None:
@@ -60,39 +51,31 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     dev = resolve_device(args.device)
     body = load_body_model("open_body")
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = write_sample_subject(body, Path(tmp) / "subject")
-        inputs = load_elicit_folder(folder)
-        t = np.load(folder / "true_params.npz")
-    pose, betas, transl = t["pose"][0], t["betas"][0], t["global_t"][0]
+    inputs, truth = load_sample(body)
+    pose, transl = truth["pose"], truth["transl"]
     cfg = preset(args.preset)
     cfg = dataclasses.replace(cfg, stage_a=dataclasses.replace(cfg.stage_a, iterations=100))  # speed only
-    avatar = Avatar(body, betas, cfg.field, cfg.motion, cfg.render).to(dev)
+    avatar = Avatar(body, truth["betas"], cfg.field, cfg.motion, cfg.render).to(dev)
     run_stage_a(avatar, cfg.stage_a)
-    target = make_photo_target(inputs.image, inputs.mask, inputs.camera, pose, transl, cfg.render.background, dev)
-    stage = StageB(avatar, target, cfg)
-    state = new_state(avatar, cfg)
-    for _ in range(3):
-        stage.step(state)
-    _sync(dev)
+    stage, state = warm_stage_b(avatar, inputs, truth, cfg, dev)
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
     with profile(activities=acts) as prof:
         start = time.perf_counter()
         for _ in range(args.iterations):
             stage.step(state)
-        _sync(dev)
+        sync(dev)
         wall = (time.perf_counter() - start) / args.iterations
     report(f"stage-B iteration ({args.preset}, per iteration, {args.iterations} profiled; tables are totals)",
            prof, wall * args.iterations, dev, args.rows)
     cam = inputs.camera.scaled(args.size / inputs.camera.width)
     with torch.no_grad():
         avatar.render(cam, pose, transl)
-        _sync(dev)
+        sync(dev)
         with profile(activities=acts) as prof:
             start = time.perf_counter()
             for _ in range(3):
                 avatar.render(cam, pose, transl)
-            _sync(dev)
+            sync(dev)
             wall = time.perf_counter() - start
     report(f"render {args.size}² (3 frames)", prof, wall, dev, args.rows)
     return 0

@@ -35,9 +35,30 @@ from backend.inputs import load_elicit_folder  # noqa: E402
 from backend.sample_subject import write_sample_subject  # noqa: E402
 
 
-def _sync(dev):
+def sync(dev):
     if dev.type == "cuda":
         torch.cuda.synchronize()
+
+
+def load_sample(body):
+    """The built-in sample subject: its photo inputs and true body parameters (pose, betas, transl)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = write_sample_subject(body, Path(tmp) / "subject")
+        inputs = load_elicit_folder(folder)
+        t = np.load(folder / "true_params.npz")
+    return inputs, {"pose": t["pose"][0], "betas": t["betas"][0], "transl": t["global_t"][0]}
+
+
+def warm_stage_b(avatar, inputs, truth, cfg, dev, clip=None):
+    """Stage B on the photo after 3 warm-up iterations (allocator, kernels): (stage, state)."""
+    target = make_photo_target(inputs.image, inputs.mask, inputs.camera, truth["pose"], truth["transl"],
+                               cfg.render.background, dev)
+    stage = StageB(avatar, target, cfg, clip=clip)
+    state = new_state(avatar, cfg)
+    for _ in range(3):
+        stage.step(state)
+    sync(dev)
+    return stage, state
 
 
 def _peak_mb(dev) -> float:
@@ -55,27 +76,21 @@ def bench(body, inputs, truth, preset_name: str, field_kind: str, dev, iteration
         torch.cuda.reset_peak_memory_stats(dev)
     torch.manual_seed(0)
     avatar = Avatar(body, truth["betas"], cfg.field, cfg.motion, cfg.render).to(dev)
-    _sync(dev)
+    sync(dev)
     t = time.perf_counter()
     run_stage_a(avatar, cfg.stage_a)
-    _sync(dev)
+    sync(dev)
     stage_a = time.perf_counter() - t
     with torch.no_grad():  # how well stage A reproduces the body: rendered alpha vs. its silhouette
         out = avatar.render(inputs.camera.scaled(0.25), truth["pose"], truth["transl"])
         a, b = out.alpha > 0.5, out.body_mask
         stage_a_iou = float((a & b).sum() / (a | b).sum())
-    target = make_photo_target(inputs.image, inputs.mask, inputs.camera, truth["pose"], truth["transl"],
-                               cfg.render.background, dev)
-    stage = StageB(avatar, target, cfg, clip=clip)
-    state = new_state(avatar, cfg)
-    for _ in range(3):  # warm-up (allocator, kernels)
-        stage.step(state)
-    _sync(dev)
+    stage, state = warm_stage_b(avatar, inputs, truth, cfg, dev, clip)
     t = time.perf_counter()
     kinds = []
     for _ in range(iterations):
         kinds.append(stage.step(state)["view"])
-        _sync(dev)
+        sync(dev)
     per_it = (time.perf_counter() - t) / iterations
     row = {"preset": preset_name, "field": field_kind, "device": str(dev), "stage_a_s": stage_a,
            "stage_a_iou": stage_a_iou,
@@ -86,12 +101,12 @@ def bench(body, inputs, truth, preset_name: str, field_kind: str, dev, iteration
         cam = inputs.camera.scaled(size / inputs.camera.width)
         with torch.no_grad():
             avatar.render(cam, truth["pose"], truth["transl"])
-            _sync(dev)
+            sync(dev)
             n = 3
             t = time.perf_counter()
             for _ in range(n):
                 avatar.render(cam, truth["pose"], truth["transl"])
-            _sync(dev)
+            sync(dev)
         row[f"fps_{size}"] = n / (time.perf_counter() - t)
     row["peak_mb"] = _peak_mb(dev)
     return row
@@ -123,11 +138,7 @@ def main(argv=None) -> int:
     dev = resolve_device(args.device)
     torch.backends.cuda.matmul.allow_tf32 = True
     body = load_body_model("open_body")
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = write_sample_subject(body, Path(tmp) / "subject")
-        inputs = load_elicit_folder(folder)
-        t = np.load(folder / "true_params.npz")
-    truth = {"pose": t["pose"][0], "betas": t["betas"][0], "transl": t["global_t"][0]}
+    inputs, truth = load_sample(body)
     print(f"device: {dev} ({torch.cuda.get_device_name(dev) if dev.type == 'cuda' else f'{torch.get_num_threads()} CPU threads'}); "
           f"torch {torch.__version__}; no CLIP in the timed loop (see docs/speed.md)")
     rows = []

@@ -310,7 +310,7 @@ def write_subject(body: BodyModel, spec: SubjectSpec, folder: Path, size: int = 
         inp = tmp / "input"
         inp.mkdir()
         _save_rgb(inp / "gt_image.png", rgba[..., :3] * alpha + bg * (1 - alpha))
-        Image.fromarray(((alpha[..., 0] >= 0.5) * 255).astype(np.uint8)).save(inp / "gt_mask.png")
+        shutil.copyfile(tmp / "masks" / "input.png", inp / "gt_mask.png")
         np.savez(inp / "gt_params.npz", pose=spec.rough_pose[None], shape=np.zeros((1, 10)),
                  global_t=spec.rough_transl[None], focal_l=np.float64(views[0].camera.K[0, 0]))
         write_params_json(inp / "params.json", BodyParams(spec.rough_pose, np.zeros(body.num_betas),
