@@ -18,7 +18,7 @@ from typing import Callable, Iterator
 import numpy as np
 import zmq
 
-from shared import protocol as P
+from . import protocol as P
 
 
 class ServiceError(Exception):
@@ -143,16 +143,33 @@ class ServiceClient:
     def render_stream(self, avatar: str, views: list[dict], window: int = 4, fmt: str = "uint8"
                       ) -> Iterator[tuple[int, np.ndarray]]:
         """Frames in order, each acknowledged as it arrives (the server sends at most `window`
-        ahead). views: dicts with pose, transl and camera."""
-        views = [{"pose": _list(v["pose"]), "transl": _list(v["transl"]), "camera": _camera(v["camera"])}
-                 for v in views]
-        msg_id = self.send("render_stream", {"avatar": avatar, "views": views, "format": fmt, "window": window})
-        while True:
-            msg = self.receive(msg_id)
-            if msg.type == "stream_done":
-                return
-            self.send("ack", {"stream": msg.fields["stream"], "index": msg.fields["index"]})
-            yield msg.fields["index"], msg.frames["rgba"]
+        ahead). views: dicts with pose, transl and camera; any number of them: they are sent
+        P.STREAM_CHUNK at a time so no request exceeds the protocol's header limit. Leaving the
+        loop early (break, an exception, close()) cancels the stream on the server."""
+        for start in range(0, len(views), P.STREAM_CHUNK):
+            chunk = [{"pose": _list(v["pose"]), "transl": _list(v["transl"]), "camera": _camera(v["camera"])}
+                     for v in views[start:start + P.STREAM_CHUNK]]
+            msg_id = self.send("render_stream", {"avatar": avatar, "views": chunk, "format": fmt, "window": window})
+            finished = False
+            try:
+                while True:
+                    msg = self.receive(msg_id)
+                    if msg.type == "stream_done":
+                        finished = True
+                        break
+                    self.send("ack", {"stream": msg.fields["stream"], "index": msg.fields["index"]})
+                    yield start + msg.fields["index"], msg.frames["rgba"]
+            finally:
+                if not finished:
+                    self.cancel_stream(msg_id)
+
+    def cancel_stream(self, request_id: int, timeout: float = 5.0) -> None:
+        """Stop the server's render_stream sent as request `request_id` (frames already on their
+        way are dropped by `receive`, which skips other requests' messages)."""
+        try:
+            self.request("stream_cancel", {"request": request_id}, timeout=timeout)
+        except (TimeoutError, ServiceError, zmq.ZMQError):
+            pass  # the stream ends with the client's session anyway (server-side client timeout)
 
 
 def _list(a) -> list:

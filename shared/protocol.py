@@ -21,8 +21,8 @@ from typing import Any, Callable
 import msgpack
 import numpy as np
 
-from shared.camera import MAX_IMAGE_SIDE, MIN_IMAGE_SIDE
-from shared.smpl import POSE_DIM
+from .camera import MAX_IMAGE_SIDE, MIN_IMAGE_SIDE
+from .smpl import POSE_DIM
 
 PROTOCOL_VERSION = 1
 DEFAULT_PORT = 5557
@@ -33,6 +33,10 @@ MAX_FRAME_BYTES = 4096 * 4096 * 4 * 2  # a 4096² RGBA float16 image
 MAX_STRING = 4096
 MAX_PROMPT = 1000
 MAX_SEQUENCE = 10_000               # poses/cameras in one render stream
+# Views per render_stream request that a client sends: even 17-digit floats keep such a header
+# under a quarter of MAX_HEADER_BYTES (tests/test_protocol.py measures it); longer animations
+# are split into several requests by shared/client.py.
+STREAM_CHUNK = 200
 MAX_BETAS = 300
 FRAME_DTYPES = ("uint8", "float16", "float32")
 
@@ -271,6 +275,10 @@ MESSAGES = _types(
                           "seconds": optional(number(0.0))},
                 frames=("rgba",), doc="server -> client: an RGBA image (uint8 or float16, straight alpha)"),
     MessageType("stream_done", {"stream": required(string(64)), "count": required(integer(0, MAX_SEQUENCE))}),
+    MessageType("stream_cancel", {"request": required(integer(0, (1 << 63) - 1))},
+                doc="client -> server: stop the render_stream sent with this request id; answered by "
+                    "stream_cancelled (also when that stream has already ended)"),
+    MessageType("stream_cancelled", {"request": required(integer(0, (1 << 63) - 1))}),
     MessageType("error", {"code": required(string(64)), "message": required(string(MAX_STRING))}),
 )
 

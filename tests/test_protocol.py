@@ -142,3 +142,19 @@ def test_random_and_mutated_bytes_only_ever_raise_protocol_errors():
         except P.ProtocolError as e:
             assert e.code in (P.BAD_MESSAGE, P.BAD_VERSION, P.UNKNOWN_TYPE, P.BAD_FIELD, P.TOO_LARGE)
     assert accepted < 3000  # most mutations are refused; the rest decoded into valid messages
+
+
+def test_a_stream_chunk_of_views_stays_far_below_the_header_limit():
+    """shared/client.py sends STREAM_CHUNK views per request; with full-precision random floats
+    (the largest msgpack encoding) such a header is under a quarter of the limit."""
+    rng = np.random.default_rng(0)
+    cam = {"K": [[1234.56789012345, 0.0, 256.123456789], [0.0, 1234.56789012345, 256.987654321], [0, 0, 1]],
+           "R": np.linalg.qr(rng.normal(size=(3, 3)))[0] * [1, 1, 1], "t": rng.normal(size=3),
+           "width": 8192, "height": 8192}
+    if np.linalg.det(cam["R"]) < 0:
+        cam["R"] = -cam["R"]
+    views = [{"pose": rng.normal(size=72) * 0.3, "transl": rng.normal(size=3), "camera": cam}
+             for _ in range(P.STREAM_CHUNK)]
+    header = P.encode("render_stream", {"avatar": "a" * 32, "views": views, "format": "uint8", "window": 4})[0]
+    assert len(header) < P.MAX_HEADER_BYTES / 4
+    assert P.decode([header]).fields["views"][-1]["pose"].shape == (72,)

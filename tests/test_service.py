@@ -92,6 +92,24 @@ def test_fit_progress_render_and_stream(server, subject):
         assert all(f.shape == (64, 64, 4) for _, f in frames)
         assert not np.array_equal(frames[0][1], frames[4][1])
 
+        # a long animation goes as several requests (STREAM_CHUNK views each), indices run on
+        chunk = P.STREAM_CHUNK
+        P.STREAM_CHUNK = 2
+        try:
+            chunked = list(c.render_stream(job, views, window=2))
+        finally:
+            P.STREAM_CHUNK = chunk
+        assert [i for i, _ in chunked] == [0, 1, 2, 3, 4]
+        assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(frames, chunked))
+
+        # leaving a stream early cancels it on the server: with window 1 an abandoned stream would
+        # wait for acks for ever and hold the single worker; a render right after must come back
+        stream = c.render_stream(job, views * 6, window=1)
+        assert next(stream)[0] == 0
+        stream.close()                      # what `break` does: sends stream_cancel
+        assert c.render(job, subject["pose"], subject["transl"], subject["camera"].scaled(0.5)).shape == (64, 64, 4)
+        assert c.ping() < 5
+
 
 def test_bad_requests_get_error_replies_and_the_server_keeps_serving(server, subject):
     with ServiceClient(server.address, timeout=30) as c:

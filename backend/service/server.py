@@ -185,6 +185,10 @@ class Server:
             raise P.ProtocolError(P.UNKNOWN_JOB, f"no queued or running fit {msg.fields['job']!r}")
         self._send(identity, "cancelled", {"job": msg.fields["job"]}, id=msg.id)
 
+    def _on_stream_cancel(self, identity, msg) -> None:
+        self.worker.cancel_stream(identity, msg.fields["request"])
+        self._send(identity, "stream_cancelled", {"request": msg.fields["request"]}, id=msg.id)
+
     def _on_ack(self, identity, msg) -> None:
         self.worker.ack(identity, msg.fields["stream"], msg.fields["index"])
 

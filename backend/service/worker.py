@@ -142,6 +142,15 @@ class Worker(threading.Thread):
                     s.acked = max(s.acked, index)
             self.lock.notify_all()
 
+    def cancel_stream(self, identity: bytes, request_id: int) -> None:
+        """A client's stop: its stream (queued or running) ends without another frame."""
+        with self.lock:
+            for s in self._all_streams():
+                if s.identity == identity and s.request_id == request_id:
+                    s.cancelled = True
+            self.streams = collections.deque(s for s in self.streams if not s.cancelled)
+            self.lock.notify_all()
+
     def drop_client(self, identity: bytes) -> None:
         with self.lock:
             for s in self._all_streams():
