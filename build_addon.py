@@ -12,6 +12,7 @@ installs the ones matching the machine. Downloads are cached in <out>/wheel-cach
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import subprocess
 import sys
@@ -21,7 +22,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 REQUIRED_MANIFEST_KEYS = ("schema_version", "id", "version", "name", "tagline", "maintainer",
-                          "type", "blender_version_min", "license")
+                          "type", "blender_version_min", "license", "tags")
+MAX_PERMISSION_REASON = 64  # Blender's validator and extensions.blender.org refuse longer reasons
 
 
 def check_manifest(path: Path) -> dict:
@@ -31,8 +33,15 @@ def check_manifest(path: Path) -> dict:
         raise SystemExit(f"{path}: missing keys {missing}")
     if manifest["type"] != "add-on":
         raise SystemExit(f"{path}: type must be 'add-on'")
-    if "network" not in manifest.get("permissions", {}):
+    permissions = manifest.get("permissions", {})
+    if "network" not in permissions:
         raise SystemExit(f"{path}: the add-on talks to the backend: declare [permissions] network")
+    long = {k: len(v) for k, v in permissions.items() if len(v) > MAX_PERMISSION_REASON}
+    if long:
+        raise SystemExit(f"{path}: permission reasons longer than {MAX_PERMISSION_REASON} characters "
+                         f"(Blender refuses them): {long}")
+    if "category" in manifest:
+        raise SystemExit(f"{path}: extensions use `tags`, not `category`")
     return manifest
 
 
@@ -73,6 +82,49 @@ def download_wheels(cache: Path, log=print) -> list[Path]:
     return sorted(cache.glob("*.whl"))
 
 
+# wheel platform tag -> Blender platform names (a universal2 macOS wheel serves both Macs)
+_WHEEL_PLATFORMS = (("manylinux", "x86_64", ("linux-x64",)), ("manylinux", "aarch64", ("linux-arm64",)),
+                    ("win", "amd64", ("windows-x64",)), ("win", "arm64", ("windows-arm64",)),
+                    ("macosx", "universal2", ("macos-x64", "macos-arm64")),
+                    ("macosx", "arm64", ("macos-arm64",)), ("macosx", "x86_64", ("macos-x64",)))
+
+
+def wheel_platforms(wheel_name: str) -> set[str]:
+    """Blender platforms a wheel file serves, from its platform tag (e.g. win_amd64 -> windows-x64)."""
+    out = set()
+    for tag in Path(wheel_name).stem.split("-")[-1].split("."):
+        for system, machine, names in _WHEEL_PLATFORMS:
+            if tag.startswith(system) and tag.endswith(machine):
+                out.update(names)
+                break
+    return out
+
+
+def wheel_pythons(wheel_name: str) -> set[str]:
+    """Which of PYTHONS a wheel installs on (cp311 exactly; an abi3 wheel on its version and later)."""
+    parts = Path(wheel_name).stem.split("-")
+    py_tag, abi = parts[-3], parts[-2]
+    out = set()
+    for py in PYTHONS:
+        cp = "cp" + py.replace(".", "")
+        for tag in py_tag.split("."):
+            if tag == cp or (abi == "abi3" and tag.startswith("cp") and int(tag[2:]) <= int(cp[2:])):
+                out.add(py)
+    return out
+
+
+def supported_platforms(wheel_names: list[str]) -> list[str]:
+    """The Blender platforms on which every bundled package has a wheel for every Blender Python:
+    the manifest's `platforms`, so Blender refuses the zip where it could not work."""
+    have: dict[tuple[str, str], set[str]] = {}
+    for name in wheel_names:
+        pkg = name.split("-")[0].lower()
+        for py in wheel_pythons(name):
+            have.setdefault((pkg, py), set()).update(wheel_platforms(name))
+    sets = [have.get((pkg.lower(), py), set()) for pkg in WHEEL_PACKAGES for py in PYTHONS]
+    return sorted(set.intersection(*sets)) if sets else []
+
+
 def build(out_dir: Path, wheels: bool = True, log=print) -> Path:
     manifest_path = ROOT / "blender_addon" / "blender_manifest.toml"
     manifest = check_manifest(manifest_path)
@@ -84,10 +136,14 @@ def build(out_dir: Path, wheels: bool = True, log=print) -> Path:
     wheel_files = download_wheels(out_dir / "wheel-cache", log) if wheels else []
     manifest_text = manifest_path.read_text()
     if wheel_files:
+        platforms = supported_platforms([w.name for w in wheel_files])
+        if not platforms:
+            raise SystemExit("the downloaded wheels cover no platform completely")
         listed = ",\n".join(f'    "./wheels/{w.name}"' for w in wheel_files)
-        # a top-level key: before the first [table], or TOML would put it inside that table
+        # top-level keys: before the first [table], or TOML would put them inside that table
         head, sep, tables = manifest_text.partition("\n[")
-        manifest_text = f"{head}\nwheels = [\n{listed},\n]\n{sep}{tables}"
+        manifest_text = (f"{head}\nplatforms = {json.dumps(platforms)}\nwheels = [\n{listed},\n]\n"
+                         f"{sep}{tables}")
         check_wheels_listed(tomllib.loads(manifest_text), [w.name for w in wheel_files])
     tmp = target.with_suffix(".tmp")
     with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:

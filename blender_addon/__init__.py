@@ -1,33 +1,71 @@
 """One-Shot Avatar: Blender side. Runs in Blender's own Python: bpy, numpy, pyzmq, msgpack
-and the vendored shared/ package only, never torch.
+and its vendored copy of the project's shared/ package only, never torch.
 
-The panel connects to a backend (docs/protocol.md), creates avatars from a photo posed like
-an SMPL armature, loads them (making the rig), previews frames live in the camera's background
-as the frame, pose or camera changes, and renders the animation (or a quick camera-path
-preview) to PNG files.
+The sidebar panel (View3D > Sidebar > Avatar) connects to a backend (address and keys in the
+add-on's preferences), adds an SMPL rig and a camera matching the photo, creates avatars from a
+photo posed like the rig, loads them, previews frames live in the camera's background as the
+frame, pose or camera changes, and renders the animation (or a quick camera-path preview) to
+PNG files. docs/addon.md walks through it.
 """
 import bpy
 
-from . import operators
-from ._vendor import shared
+from . import live, operators, preferences, results
+from .runtime import runtime
+
+
+def _avatar_items(self, context):
+    """The server's avatars for the dropdown (the list object is kept alive: Blender does not
+    copy the strings of dynamic enum items)."""
+    items = [(a["id"], f"{a.get('name') or a['id'][:8]}  ({a['preset']}, {a['stage']})",
+              f"avatar {a['id']}: preset {a['preset']}, stage {a['stage']}, iteration {a['iteration']}")
+             for a in reversed(runtime.avatars)]
+    if self.avatar_id and self.avatar_id not in {i[0] for i in items}:
+        items.append((self.avatar_id, self.avatar_id[:12], "not on the connected backend's list"))
+    runtime.enum_items = items or [("", "(none)", "connect to list the backend's avatars")]
+    return runtime.enum_items
+
+
+def _get_avatar_choice(self):
+    ids = [i[0] for i in _avatar_items(self, bpy.context)]
+    return ids.index(self.avatar_id) if self.avatar_id in ids else 0
+
+
+def _set_avatar_choice(self, index):
+    items = _avatar_items(self, bpy.context)
+    if 0 <= index < len(items):
+        self.avatar_id = items[index][0]
+
+
+def _photo_changed(self, context):
+    """Choosing a photo sets the render size and the photo camera (errors go to the status line)."""
+    if not self.photo:
+        return
+    try:
+        from . import scene_setup
+
+        w, h = scene_setup.photo_size(self.photo)
+        scene_setup.frame_photo(context, w, h, self.armature)
+        self.status = f"photo {w} x {h}: render size and camera set"
+    except Exception as exc:  # noqa: BLE001 - an update callback must not raise into the UI
+        self.status = f"could not use the photo: {exc}"[:200]
 
 
 class AvatarSettings(bpy.types.PropertyGroup):
-    backend_address: bpy.props.StringProperty(
-        name="Backend", default="tcp://127.0.0.1:5557",
-        description="Address of the avatar backend (ZeroMQ); localhost unless you run it elsewhere")
-    photo: bpy.props.StringProperty(name="Photo", subtype="FILE_PATH")
-    mask: bpy.props.StringProperty(name="Mask", subtype="FILE_PATH", description="Optional person mask")
+    photo: bpy.props.StringProperty(name="Photo", subtype="FILE_PATH", update=_photo_changed,
+                                    description="A photo of one person, whole body in view")
+    mask: bpy.props.StringProperty(name="Mask", subtype="FILE_PATH",
+                                   description="Optional person mask (white = person); else the photo's alpha")
     prompt: bpy.props.StringProperty(name="Prompt", description="Optional text, e.g. 'red hoodie, black jeans'")
     preset: bpy.props.EnumProperty(name="Quality", items=[
-        ("quick", "Quick", "minutes on a CPU"), ("full", "Full", "GPU quality"), ("tiny", "Tiny", "tests")],
+        ("quick", "Quick", "minutes on a CPU"), ("full", "Full", "GPU quality"), ("tiny", "Tiny", "seconds; tests")],
         default="quick")
     armature: bpy.props.PointerProperty(name="Armature", type=bpy.types.Object,
                                         poll=lambda self, obj: obj.type == "ARMATURE",
-                                        description="The SMPL rig that poses the avatar")
-    avatar_id: bpy.props.StringProperty(name="Avatar", description="The avatar on the backend to use")
-    # runtime state, reset when a .blend is opened (operators._on_file_loaded)
-    avatar_list: bpy.props.StringProperty()
+                                        description="The SMPL-compatible rig that poses the avatar")
+    avatar_id: bpy.props.StringProperty(name="Avatar id", description="The avatar on the backend to use")
+    avatar_choice: bpy.props.EnumProperty(name="Avatar", items=_avatar_items, get=_get_avatar_choice,
+                                          set=_set_avatar_choice, description="The backend's avatars")
+    # runtime state, reset when a .blend is opened (live._on_file_loaded)
     status: bpy.props.StringProperty(name="Status", default="not connected")
     progress: bpy.props.FloatProperty(name="Progress", min=0.0, max=1.0, subtype="FACTOR")
     live_preview: bpy.props.BoolProperty(name="Live preview", default=True,
@@ -43,44 +81,67 @@ class VIEW3D_PT_one_shot_avatar(bpy.types.Panel):
     bl_category = "Avatar"
 
     def draw(self, context):
-        settings = context.scene.one_shot_avatar
-        col = self.layout.column()
-        col.prop(settings, "backend_address")
-        col.prop(settings, "photo")
-        col.prop(settings, "mask")
-        col.prop(settings, "prompt")
-        col.prop(settings, "preset")
-        col.prop(settings, "armature")
-        col.operator("one_shot_avatar.connect")
-        col.label(text=settings.status)
-        row = col.row()
+        s = context.scene.one_shot_avatar
+        layout = self.layout
+        box = layout.box()
+        row = box.row()
+        row.label(text=preferences.get(context).backend_address, icon="URL")
+        row.operator("one_shot_avatar.connect", text="Reconnect" if runtime.connection else "Connect")
+        box.label(text=s.status)
+
+        box = layout.box()
+        box.label(text="Create", icon="OUTLINER_OB_ARMATURE")
+        box.prop(s, "photo")
+        box.prop(s, "mask")
+        box.prop(s, "prompt")
+        box.prop(s, "preset")
+        row = box.row(align=True)
+        row.prop(s, "armature", text="")
+        row.operator("one_shot_avatar.add_rig", text="", icon="ADD")
+        box.operator("one_shot_avatar.frame_photo", icon="CAMERA_DATA")
+        row = box.row()
         row.operator("one_shot_avatar.create")
         row.operator("one_shot_avatar.cancel")
-        col.prop(settings, "progress")
-        col.prop(settings, "avatar_id")
-        row = col.row()
+        if runtime.job is not None or 0.0 < s.progress < 1.0:
+            box.progress(factor=s.progress, type="BAR", text=f"{s.progress * 100:.0f} %")
+        preview = bpy.data.images.get(results.FIT_PREVIEW_IMAGE)
+        if preview is not None and preview.preview is not None:
+            box.template_icon(icon_value=preview.preview.icon_id, scale=6.0)
+
+        box = layout.box()
+        box.label(text="Avatar", icon="USER")
+        box.prop(s, "avatar_choice", text="")
+        row = box.row()
         row.operator("one_shot_avatar.load")
         row.operator("one_shot_avatar.preview")
-        col.prop(settings, "live_preview")
-        col.prop(settings, "output_dir")
-        row = col.row()
+        box.prop(s, "live_preview")
+
+        box = layout.box()
+        box.label(text="Render", icon="RENDER_ANIMATION")
+        box.prop(s, "output_dir")
+        row = box.row()
         row.operator("one_shot_avatar.render_animation")
         row.operator("one_shot_avatar.render_animation", text="Camera path preview").preview = True
-        col.operator("one_shot_avatar.cancel_render")
+        box.operator("one_shot_avatar.cancel_render")
 
 
-_classes = (AvatarSettings, VIEW3D_PT_one_shot_avatar) + operators.classes
+_classes = (preferences.AvatarPreferences, AvatarSettings, VIEW3D_PT_one_shot_avatar) + operators.classes
 
 
 def register():
     for cls in _classes:
         bpy.utils.register_class(cls)
     bpy.types.Scene.one_shot_avatar = bpy.props.PointerProperty(type=AvatarSettings)
-    operators.add_handlers()
+    live.add_handlers()
 
 
 def unregister():
-    operators.shutdown()  # stop the connection thread and close its socket first
+    # stop the connection thread and close its socket first (Blender must not hang on quit)
+    live.remove_handlers()
+    results.stop_timer()
+    if runtime.connection is not None:
+        runtime.connection.close()
+    runtime.reset()
     del bpy.types.Scene.one_shot_avatar
     for cls in reversed(_classes):
         bpy.utils.unregister_class(cls)

@@ -51,3 +51,26 @@ def camera_dict(scene, cam_obj, depsgraph=None) -> dict:
     R = cam_to_world.T
     position = TO_BLENDER.T @ M[:3, 3]
     return {"K": K.tolist(), "R": R.tolist(), "t": (-R @ position).tolist(), "width": width, "height": height}
+
+
+def set_camera(scene, cam_obj, cam: dict) -> None:
+    """Make `cam_obj` (and the scene's render size) the pinhole camera `cam` ({K, R, t, width,
+    height} in the backend's world): the inverse of camera_dict for square pixels. Blender has
+    one focal length, so fy is taken equal to fx (the backend's cameras have square pixels)."""
+    from mathutils import Matrix
+
+    K, R, t = (np.asarray(cam[k], dtype=np.float64) for k in ("K", "R", "t"))
+    width, height = int(cam["width"]), int(cam["height"])
+    r = scene.render
+    r.resolution_x, r.resolution_y, r.resolution_percentage = width, height, 100
+    r.pixel_aspect_x = r.pixel_aspect_y = 1.0
+    data = cam_obj.data
+    data.type, data.sensor_fit = "PERSP", "AUTO"   # AUTO fits the larger side to sensor_width
+    view = max(width, height)
+    data.lens = K[0, 0] * data.sensor_width / view
+    data.shift_x = (width / 2.0 - K[0, 2]) / view
+    data.shift_y = (K[1, 2] - height / 2.0) / view
+    rot = TO_BLENDER @ R.T @ _FLIP_YZ
+    M = np.eye(4)
+    M[:3, :3], M[:3, 3] = rot, TO_BLENDER @ (-R.T @ t)
+    cam_obj.matrix_world = Matrix(M.tolist())

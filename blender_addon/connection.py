@@ -8,22 +8,62 @@ status line, never as a traceback.
 """
 from __future__ import annotations
 
+import ipaddress
 import queue
 import threading
+import traceback
+from pathlib import Path
+from urllib.parse import urlsplit
 
-from ._vendor import shared  # noqa: F401
-
-try:
-    from .shared.client import ServiceClient, ServiceError
-except ImportError:
-    from shared.client import ServiceClient, ServiceError
+from .shared.client import ServiceClient, ServiceError
 
 POLL_S = 0.25         # how often the thread looks for a cancel while a fit or stream runs
 BACKOFF_S = (1, 2, 5, 10, 30)
 
 
+def address_host(address: str) -> str:
+    """The host of a ZeroMQ endpoint (tcp://host:port); ValueError for anything else."""
+    parts = urlsplit(address.strip())
+    if parts.scheme in ("ipc", "inproc"):
+        return "localhost"
+    if parts.scheme != "tcp" or not parts.hostname:
+        raise ValueError(f"'{address}' is not a backend address like tcp://127.0.0.1:5557")
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if port is None:
+        raise ValueError(f"'{address}' names no port (e.g. tcp://{parts.hostname}:5557)")
+    return parts.hostname
+
+
+def is_local_address(address: str) -> bool:
+    """Whether the endpoint is this computer (loopback or an ipc/inproc endpoint)."""
+    host = address_host(address)
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_keys(server_key: str, client_key: str) -> tuple[Path | None, Path | None]:
+    """The key files as paths, or ValueError naming the one that is missing."""
+    paths = []
+    for label, value in (("server key", server_key), ("client key", client_key)):
+        path = Path(value).expanduser() if value else None
+        if path is not None and not path.is_file():
+            raise ValueError(f"the {label} file {path} does not exist")
+        paths.append(path)
+    if paths[1] is not None and paths[0] is None:
+        raise ValueError("a client key needs the server key as well")
+    return paths[0], paths[1]
+
+
 class Connection:
-    def __init__(self, address: str, timeout: float = 10.0, server_key=None, client_key=None):
+    def __init__(self, address: str, timeout: float = 10.0, server_key: Path | None = None,
+                 client_key: Path | None = None):
         self.address, self.timeout = address, timeout
         self.keys = {"server_key": server_key, "client_key": client_key} if server_key else {}
         self.tasks: queue.Queue = queue.Queue()
@@ -87,7 +127,7 @@ class Connection:
                         self.status = "connected"
                         attempt = 0
                         self._post("welcome", capabilities=self.capabilities)
-                    except (TimeoutError, ServiceError, OSError) as exc:
+                    except Exception as exc:  # noqa: BLE001 - unreachable, refused, bad key: retry
                         if client is not None:
                             client.close()
                             client = None
@@ -106,6 +146,13 @@ class Connection:
                     self._post("status", text=self.status)
                 except ServiceError as exc:
                     self._post("error", text=f"{exc.code}: {exc.message}")
+                except Exception as exc:  # noqa: BLE001 - the thread must outlive any one failure
+                    traceback.print_exc()
+                    client.close()
+                    client = None
+                    self.status = f"connection error ({type(exc).__name__}: {exc}); reconnecting"
+                    self._post("status", text=self.status)
+                    self._stop.wait(1.0)
         finally:
             if client is not None:
                 client.close()
@@ -134,7 +181,11 @@ class Connection:
             self._stream(client, kw)
 
     def _fit(self, client: ServiceClient, kw: dict) -> None:
-        msg_id, job, warnings = client.start_fit(**kw)
+        try:
+            msg_id, job, warnings = client.start_fit(**kw)
+        except ServiceError as exc:
+            self._post("fit_failed", text=f"the backend refused the fit: {exc.message}")
+            return
         self._cancel_job = None
         self._post("accepted", job=job, warnings=warnings)
         while not self._stop.is_set():
@@ -151,7 +202,7 @@ class Connection:
             except TimeoutError:
                 continue
             except ServiceError as exc:
-                self._post("error", text=f"{exc.code}: {exc.message}")
+                self._post("fit_failed", text=f"the fit failed: {exc.message}")
                 return
             if msg.type == "progress":
                 self._post("progress", preview=msg.frames.get("preview"), **msg.fields)
@@ -160,10 +211,15 @@ class Connection:
                 return
 
     def _stream(self, client: ServiceClient, kw: dict) -> None:
+        """Frames of an animation in order; Stop closes the stream, which cancels it on the server."""
         self._cancel_stream = False
-        for index, rgba in client.render_stream(kw["avatar"], kw["views"], window=kw.get("window", 4)):
-            self._post("stream_frame", index=index, rgba=rgba, total=len(kw["views"]))
-            if self._cancel_stream or self._stop.is_set():
-                self._post("stream_cancelled")
-                return
+        frames = client.render_stream(kw["avatar"], kw["views"], window=kw.get("window", 4))
+        try:
+            for index, rgba in frames:
+                self._post("stream_frame", index=index, rgba=rgba, total=len(kw["views"]))
+                if self._cancel_stream or self._stop.is_set():
+                    self._post("stream_cancelled")
+                    return
+        finally:
+            frames.close()
         self._post("stream_done", total=len(kw["views"]))

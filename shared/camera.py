@@ -11,6 +11,13 @@ import dataclasses
 
 import numpy as np
 
+# A photo with no known lens is assumed taken at this 35 mm-equivalent focal length (a "normal"
+# lens: 47 degrees across the diagonal), the usual choice for full-body portraits.
+DEFAULT_FOCAL_35MM = 50.0
+_DIAGONAL_35MM = 43.2666  # mm, the full-frame diagonal that 35 mm-equivalent focal lengths refer to
+# How far the body reaches past its joints when framing it (metres): head top above the head
+# joint, soles below the lowest joint, flesh beside the outermost joints.
+_HEAD_TOP, _SOLE, _SIDE = 0.2, 0.08, 0.15
 MAX_IMAGE_SIDE = 8192  # pixels; larger photos are refused (memory) rather than resized silently
 MIN_IMAGE_SIDE = 16
 
@@ -71,3 +78,43 @@ class PinholeCamera:
     def to_dict(self) -> dict:
         return {"width": self.width, "height": self.height, "K": self.K.tolist(),
                 "R": self.R.tolist(), "t": self.t.tolist()}
+
+
+def focal_pixels(focal_35mm: float, width: int, height: int) -> float:
+    """A 35 mm-equivalent focal length (defined on the diagonal) in pixels of a width x height image."""
+    return focal_35mm * float(np.hypot(width, height)) / _DIAGONAL_35MM
+
+
+def frame_subject(joints, width: int, height: int, focal_35mm: float = DEFAULT_FOCAL_35MM,
+                  margin: float = 1.1) -> PinholeCamera:
+    """A camera that sees a standing person from the front, filling a width x height image.
+
+    joints: (24, 3) SMPL joints in the world (SMPL axes: Y up). The camera stands on the side the
+    body faces (the hips' left-right axis crossed with up), level, aimed at the middle of the
+    body's extent, as far away as the extent (joints widened by the body's reach) times `margin`
+    needs. The default lens is DEFAULT_FOCAL_35MM: what the add-on assumes for a photo with no
+    known camera until the fit's camera is known.
+    """
+    j = np.asarray(joints, dtype=np.float64).reshape(-1, 3)
+    up = np.array([0.0, 1.0, 0.0])
+    left = j[1] - j[2]                     # left_hip - right_hip
+    front = np.cross(left - up * left[1], up)
+    if np.linalg.norm(front) < 1e-9:
+        front = np.array([0.0, 0.0, 1.0])
+    front /= np.linalg.norm(front)
+    side = np.cross(up, front)             # the body's left, level
+    lo = np.array([(j @ side).min() - _SIDE, j[:, 1].min() - _SOLE])
+    hi = np.array([(j @ side).max() + _SIDE, j[:, 1].max() + _HEAD_TOP])
+    mid_side, mid_up = (lo + hi) / 2
+    depth = float((j @ front).mean())
+    f = focal_pixels(focal_35mm, width, height)
+    half = (hi - lo) / 2 * margin
+    distance = max(half[0] * f / (width / 2), half[1] * f / (height / 2)) + max(0.0, float((j @ front).max()) - depth)
+    target = side * mid_side + up * mid_up + front * depth
+    centre = target + front * distance
+    z = -front
+    y = -up
+    x = np.cross(y, z)
+    R = np.stack([x, y, z])
+    K = np.array([[f, 0.0, width / 2.0], [0.0, f, height / 2.0], [0.0, 0.0, 1.0]])
+    return PinholeCamera(K, R, -R @ centre, width, height)

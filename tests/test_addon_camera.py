@@ -9,8 +9,11 @@ bpy = pytest.importorskip("bpy", reason="the add-on's tests need Blender as a mo
 import mathutils  # noqa: E402
 from bpy_extras.object_utils import world_to_camera_view  # noqa: E402
 
-from blender_addon.blender_camera import TO_BLENDER, camera_dict  # noqa: E402
 from shared.camera import PinholeCamera  # noqa: E402
+from tests.installed_addon import load_built_addon  # noqa: E402
+
+TO_BLENDER = load_built_addon().blender_camera.TO_BLENDER
+camera_dict = load_built_addon().blender_camera.camera_dict
 
 
 def scene_with_camera(res, pct, aspect, fit, lens, shift, sensor=(36.0, 24.0)):

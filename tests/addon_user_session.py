@@ -1,0 +1,204 @@
+"""An artist's session, run inside a separate bpy process that cannot see the source tree.
+
+tests/test_addon_installed.py copies this file into a temporary folder and runs it with
+`python -I addon_user_session.py config.json` (HOME pointing at an empty folder). It installs the
+built zip exactly as a user does, then walks the whole path through the *installed* module
+only: connect (and a CurveZMQ server), add a rig, choose a photo, create with progress and cancel,
+load, preview, live preview while posing, SMPL-X and Mixamo rigs, F12, animation render and stop,
+a 10,000-frame animation, File > Open, disable. Each passed step prints `STEP <name> ok`; a
+failure raises (non-zero exit, traceback on stderr). Timers never fire in background mode, so the
+session calls the add-on's result timer itself.
+"""
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+cfg = json.loads(Path(sys.argv[1]).read_text())
+ROOT = Path(cfg["source_tree"]).resolve()
+
+
+def step(name):
+    print(f"STEP {name} ok", flush=True)
+
+
+# -------------------------------------------------------------------------- isolation
+assert not [p for p in sys.path if p and Path(p).resolve().is_relative_to(ROOT)], sys.path
+for name in ("shared", "blender_addon", "backend"):
+    try:
+        __import__(name)
+    except ModuleNotFoundError:
+        continue
+    raise AssertionError(f"'{name}' is importable: the session must not see the source tree")
+step("isolated")
+
+import bpy  # noqa: E402
+
+bpy.ops.extensions.package_install_files(filepath=cfg["zip"], repo="user_default", enable_on_install=True)
+modules = [a.module for a in bpy.context.preferences.addons if a.module.endswith(".one_shot_avatar")]
+assert modules == ["bl_ext.user_default.one_shot_avatar"], modules
+MOD = modules[0]
+addon = sys.modules[MOD]
+assert Path(addon.__file__).resolve().is_relative_to(Path(os.environ["HOME"]).resolve()), addon.__file__
+ops_mod, results, live, rig = (sys.modules[f"{MOD}.{n}"] for n in ("operators", "results", "live", "rig"))
+runtime = sys.modules[f"{MOD}.runtime"].runtime
+prefs = bpy.context.preferences.addons[MOD].preferences
+step("installed")
+
+scene = bpy.context.scene
+s = scene.one_shot_avatar
+
+
+def pump(condition, timeout=120.0, what=""):
+    """Run the result timer until condition() holds."""
+    deadline = time.monotonic() + timeout
+    seen = set()
+    while time.monotonic() < deadline:
+        assert results.poll_results() == results.POLL_S      # the timer keeps running
+        seen.add(s.status)
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}; statuses seen: {sorted(seen)[:20]}")
+
+
+def expect_error(op, text, **kw):
+    try:
+        op(**kw)
+    except RuntimeError as exc:
+        assert text in str(exc), str(exc)
+        assert "Traceback" not in str(exc) and len(str(exc).strip().splitlines()) <= 2, str(exc)
+        return
+    raise AssertionError(f"{op} did not refuse ({text})")
+
+
+# -------------------------------------------------------------------------- first run
+assert not bpy.ops.one_shot_avatar.create.poll() and not bpy.ops.one_shot_avatar.preview.poll()
+assert bpy.ops.one_shot_avatar.add_rig.poll() and bpy.ops.one_shot_avatar.connect.poll()
+assert prefs.backend_address == "tcp://127.0.0.1:5557"
+prefs.backend_address = "tcp://192.0.2.10:5557"     # a remote host (TEST-NET: nothing is sent there)
+assert not bpy.app.online_access
+expect_error(bpy.ops.one_shot_avatar.connect, "online access is off")
+assert runtime.connection is None
+prefs.backend_address = "tcp://127.0.0.1"
+expect_error(bpy.ops.one_shot_avatar.connect, "names no port")
+step("refuses_remote_without_online_access")
+
+# a backend that requires CurveZMQ keys, reached with the keys from the preferences
+prefs.backend_address = cfg["curve_address"]
+prefs.server_key, prefs.client_key = cfg["server_key"], cfg["client_key"] + ".missing"
+expect_error(bpy.ops.one_shot_avatar.connect, "does not exist")
+prefs.client_key = cfg["client_key"]
+assert bpy.ops.one_shot_avatar.connect() == {"FINISHED"}
+pump(lambda: s.status.startswith("connected"), 60, "the Curve server")
+prefs.server_key = prefs.client_key = ""
+step("curve_keys")
+
+prefs.backend_address = cfg["address"]
+assert bpy.ops.one_shot_avatar.connect() == {"FINISHED"}
+pump(lambda: s.status.startswith("connected"), 60, "the backend")
+assert "no CLIP weights" in s.status
+step("connect")
+
+# -------------------------------------------------------------------------- scene set-up
+scene.cursor.location = (0.0, 0.0, 0.0)
+assert bpy.ops.one_shot_avatar.add_rig() == {"FINISHED"}
+arm = s.armature
+assert arm is not None and arm.type == "ARMATURE" and len(arm.data.bones) == 24
+feet = min((arm.matrix_world @ b.head_local).z for b in arm.data.bones)
+assert 0.0 < feet < 0.1, feet                          # standing on the cursor (ankles above the soles)
+step("add_rig")
+
+pose, transl = np.array(cfg["pose"]), np.array(cfg["transl"])
+rig.write_pose(arm, pose, transl)                      # the artist poses the rig like the photo
+bpy.context.view_layer.update()
+s.photo = cfg["photo"]                                 # choosing the photo sets size and camera
+assert scene.camera is not None and "render size and camera set" in s.status, s.status
+assert (scene.render.resolution_x, scene.render.resolution_y) == (cfg["width"], cfg["height"])
+cam = sys.modules[f"{MOD}.blender_camera"].camera_dict(scene, scene.camera)
+want = cfg["expected_camera"]
+for k in ("K", "R", "t"):
+    assert np.allclose(cam[k], want[k], atol=2e-3), (k, cam[k], want[k])
+s.mask = cfg["mask"]
+step("photo_sets_camera")
+
+# -------------------------------------------------------------------------- create, cancel, create
+s.preset = "quick"
+assert bpy.ops.one_shot_avatar.create() == {"FINISHED"}
+assert not bpy.ops.one_shot_avatar.create.poll()       # one fit at a time
+pump(lambda: s.status.startswith("fit stage"), 180, "progress of the quick fit")
+assert bpy.ops.one_shot_avatar.cancel() == {"FINISHED"}
+pump(lambda: s.status == "fit cancelled", 60, "the cancel")
+step("create_progress_cancel")
+
+s.preset = "tiny"
+assert bpy.ops.one_shot_avatar.create() == {"FINISHED"}
+statuses = []
+pump(lambda: statuses.append(s.status) or s.status == "avatar ready", 300, "the tiny fit")
+assert any(t.startswith("fit stage B") for t in statuses) and s.progress == 1.0
+assert bpy.data.images.get(results.FIT_PREVIEW_IMAGE) is not None
+avatar = s.avatar_id
+pump(lambda: len(runtime.avatars) >= 2, 30, "the avatar list")
+items = {i[0]: i[1] for i in addon._avatar_items(s, bpy.context)}
+assert avatar in items and "tiny, done" in items[avatar], items
+assert any("cancelled" in label for label in items.values()), items
+s.avatar_choice = avatar
+assert s.avatar_id == avatar
+step("create_done_and_list")
+
+# -------------------------------------------------------------------------- load and preview
+assert bpy.ops.one_shot_avatar.load() == {"FINISHED"}
+pump(lambda: s.status.startswith("loaded avatar"), 60, "load")
+assert "camera set to the photo's" in s.status, s.status
+got_pose, got_transl = rig.read_pose(arm)
+assert np.abs(got_pose[3:] - pose[3:]).max() < 0.3 and np.allclose(got_transl, transl, atol=0.15)
+step("load")
+
+prefs.scrub_scale = 0.25
+assert bpy.ops.one_shot_avatar.preview() == {"FINISHED"}
+pump(lambda: bpy.data.images.get(results.PREVIEW_IMAGE) is not None, 60, "a preview frame")
+img = bpy.data.images[results.PREVIEW_IMAGE]
+assert tuple(img.size) == (cfg["width"], cfg["height"])
+
+
+def image_array(image):
+    w, h = image.size
+    px = np.empty(w * h * 4, np.float32)
+    image.pixels.foreach_get(px)
+    return (px.reshape(h, w, 4)[::-1] * 255).round()
+
+
+before = image_array(img)
+alpha = before[..., 3] > 127
+mask = np.load(cfg["mask_npy"]) > 127
+iou = (alpha & mask).sum() / (alpha | mask).sum()
+assert iou > 0.6, iou                                  # the frame lines up with the photo
+print(f"preview/photo silhouette IoU {iou:.3f}")
+step("preview_lines_up_with_photo")
+
+# live preview: a pose change brings a reduced frame while "scrubbing", then full size at rest
+sizes = []
+raised = pose.copy()
+raised[3 * 16 + 2] = 0.9                               # left shoulder up
+rig.write_pose(arm, raised, transl)
+bpy.context.view_layer.update()                        # depsgraph_update_post -> live preview
+if runtime.last_view_key is None or runtime.reduced_view is None:
+    live._on_change(scene)                             # background mode may not send the update
+pump(lambda: sizes.append(tuple(bpy.data.images[results.PREVIEW_IMAGE].size)) or
+     (cfg["width"] // 4, cfg["height"] // 4) in sizes, 60, "the scrubbing-size frame")
+pump(lambda: tuple(bpy.data.images[results.PREVIEW_IMAGE].size) == (cfg["width"], cfg["height"]), 60,
+     "the full-size frame once idle")
+after = image_array(bpy.data.images[results.PREVIEW_IMAGE])
+assert np.abs(after - before).max() > 50               # the raised arm shows
+step("live_preview_scrub_then_full")
+
+# the timer survives a result it cannot apply
+runtime.connection.results.put(("frame", {"rgba": "not an image"}))
+assert results.poll_results() == results.POLL_S
+assert s.status.startswith("could not apply 'frame'"), s.status
+step("timer_survives_errors")
+
+print("done", flush=True)
