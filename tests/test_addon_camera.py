@@ -64,3 +64,47 @@ def test_orthographic_camera_is_refused():
     cam_obj.data.type = "ORTHO"
     with pytest.raises(ValueError, match="only perspective"):
         camera_dict(scene, cam_obj)
+
+
+def test_set_camera_is_the_inverse_of_camera_dict():
+    """A backend camera (e.g. the fit's) written onto a Blender camera reads back the same, with
+    Blender's own projection agreeing."""
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    scene = bpy.context.scene
+    obj = bpy.data.objects.new("cam", bpy.data.cameras.new("cam"))
+    scene.collection.objects.link(obj)
+    scene.camera = obj
+    set_camera = load_built_addon().blender_camera.set_camera
+    rng = np.random.default_rng(3)
+    for width, height in ((128, 96), (90, 160)):
+        R = np.linalg.qr(rng.normal(size=(3, 3)))[0]
+        R *= np.sign(np.linalg.det(R))
+        K = np.array([[140.0, 0, width / 2 + 7.5], [0, 140.0, height / 2 - 4.0], [0, 0, 1]])
+        cam = PinholeCamera(K, R, rng.normal(size=3), width, height)
+        set_camera(scene, obj, cam.to_dict())
+        bpy.context.view_layer.update()
+        got = camera_dict(scene, obj)
+        for k in ("K", "R", "t"):
+            assert np.allclose(got[k], getattr(cam, k), atol=1e-4), k
+        assert (got["width"], got["height"]) == (width, height)
+
+
+def test_frame_subject_sees_the_whole_person_from_the_front(open_body):
+    """The default photo camera: the person's joints (and reach) inside the image, facing it."""
+    import torch
+
+    from shared.camera import frame_subject
+
+    pose = np.zeros(72)
+    pose[0:3] = [0.0, 0.7, 0.0]                       # turned 40 degrees about the up axis
+    with torch.no_grad():
+        out = open_body(pose, None, np.array([1.0, 1.1, -2.0]))
+    joints, verts = out.joints[0].numpy().astype(np.float64), out.vertices[0].numpy().astype(np.float64)
+    cam = frame_subject(joints, 96, 160)
+    uv = cam.project(verts)
+    assert uv.min() > 0 and uv[:, 0].max() < 96 and uv[:, 1].max() < 160
+    fill = max((uv[:, 0].max() - uv[:, 0].min()) / 96, (uv[:, 1].max() - uv[:, 1].min()) / 160)
+    assert 0.75 < fill < 0.95                         # fills the frame (T-pose arms: its width), with a margin
+    facing = np.array([np.sin(0.7), 0.0, np.cos(0.7)])  # where the turned body's front points
+    to_camera = cam.center - joints[0]
+    assert np.dot(facing, to_camera / np.linalg.norm(to_camera)) > 0.99

@@ -107,3 +107,13 @@ def test_bad_pose_shapes_are_refused(open_body):
         open_body(torch.zeros(69))
     with pytest.raises(ValueError, match="6 shape parameters"):
         open_body(torch.zeros(72), torch.zeros(10))
+
+
+def test_the_add_ons_default_skeleton_is_the_open_body(open_body):
+    """shared/body_defaults.py lets the add-on make a rig before any backend answers: its numbers
+    are the asset's rest joints and sole height."""
+    from shared.body_defaults import OPEN_BODY_REST_JOINTS, OPEN_BODY_SOLE_Y
+
+    v, j = open_body.rest()
+    assert np.abs(np.array(OPEN_BODY_REST_JOINTS) - j[0].numpy()).max() < 1e-4
+    assert abs(OPEN_BODY_SOLE_Y - float(v[0, :, 1].min())) < 1e-4
