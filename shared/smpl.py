@@ -51,3 +51,31 @@ FBX_JOINT_NAMES = (
     "m_avg_Head", "m_avg_L_Shoulder", "m_avg_R_Shoulder", "m_avg_L_Elbow",
     "m_avg_R_Elbow", "m_avg_L_Wrist", "m_avg_R_Wrist", "m_avg_L_Hand", "m_avg_R_Hand",
 )
+
+# The SMPL-X Blender add-on's joints (SMPL-X order). The first 22 are SMPL's body joints with the
+# same names; SMPL's left_hand/right_hand (22, 23) do not exist there: the wrists are followed by
+# the jaw, the eyes and 15 finger joints per hand. Its rigs add a `root` bone above `pelvis`.
+SMPLX_BODY_JOINTS = 22
+SMPLX_JOINT_NAMES = JOINT_NAMES[:SMPLX_BODY_JOINTS] + (
+    "jaw", "left_eye_smplhf", "right_eye_smplhf",
+    "left_index1", "left_index2", "left_index3", "left_middle1", "left_middle2", "left_middle3",
+    "left_pinky1", "left_pinky2", "left_pinky3", "left_ring1", "left_ring2", "left_ring3",
+    "left_thumb1", "left_thumb2", "left_thumb3",
+    "right_index1", "right_index2", "right_index3", "right_middle1", "right_middle2", "right_middle3",
+    "right_pinky1", "right_pinky2", "right_pinky3", "right_ring1", "right_ring2", "right_ring3",
+    "right_thumb1", "right_thumb2", "right_thumb3",
+)
+
+# Mixamo bones for the 24 SMPL joints (names without the rig's "mixamorig:"-style prefix); SMPL's
+# left_hand/right_hand have no Mixamo bone (None). Mixamo's rest pose and bone orientations are
+# not SMPL's: these name a retarget (blender_addon/rig.py), not a rename.
+MIXAMO_BONE_NAMES = (
+    "Hips", "LeftUpLeg", "RightUpLeg", "Spine", "LeftLeg", "RightLeg",
+    "Spine1", "LeftFoot", "RightFoot", "Spine2", "LeftToeBase", "RightToeBase",
+    "Neck", "LeftShoulder", "RightShoulder", "Head", "LeftArm",
+    "RightArm", "LeftForeArm", "RightForeArm", "LeftHand", "RightHand",
+    None, None,
+)
+# Where SMPL's hand joints (22, 23) sit on a Mixamo rig, when it has fingers: the middle finger's
+# first bone starts at the knuckles, as SMPL's hand joint does. Used only to aim the wrist.
+MIXAMO_HAND_TIP_NAMES = {22: "LeftHandMiddle1", 23: "RightHandMiddle1"}
