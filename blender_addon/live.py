@@ -36,7 +36,7 @@ def on_scene_change(scene) -> None:
             or runtime.stepping_frames or runtime.rendering or runtime.streaming):
         return
     try:
-        view = current_view(bpy.context)
+        view = current_view(bpy.context, avatar_id=s.avatar_id)
     except ValueError:
         return
     key = view_key(view)

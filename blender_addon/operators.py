@@ -39,9 +39,10 @@ def image_pixels(path: str) -> tuple[np.ndarray, np.ndarray | None]:
         bpy.data.images.remove(img)
 
 
-def current_view(context, scale: float = 1.0) -> dict:
+def current_view(context, scale: float = 1.0, avatar_id: str | None = None) -> dict:
     """The armature's pose and the scene camera, as the backend takes them (ValueError with a
-    user-readable line when something is missing)."""
+    user-readable line when something is missing). With `avatar_id` loaded, the rig's pose is
+    mapped onto that avatar's own rest skeleton."""
     s = settings(context)
     if s.armature is None:
         raise ValueError("choose the SMPL armature in the panel (or add one with 'Add SMPL rig')")
@@ -49,7 +50,7 @@ def current_view(context, scale: float = 1.0) -> dict:
         raise ValueError("the scene has no active camera")
     depsgraph = context.evaluated_depsgraph_get()
     try:
-        pose, transl = rig.read_pose(s.armature, depsgraph)
+        pose, transl = rig.read_pose(s.armature, depsgraph, rest_joints=runtime.rest_joints(avatar_id))
     except KeyError as exc:
         raise ValueError(str(exc).strip("'\"")) from None
     cam = camera_dict(context.scene, context.scene.camera, depsgraph)
@@ -214,7 +215,7 @@ class AVATAR_OT_preview(_NeedsAvatar, bpy.types.Operator):
 
     def execute(self, context):
         try:
-            view = current_view(context)
+            view = current_view(context, avatar_id=settings(context).avatar_id)
         except ValueError as exc:
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
@@ -240,7 +241,7 @@ class AVATAR_OT_render_animation(_NeedsAvatar, bpy.types.Operator):
         try:
             for f in frames:
                 scene.frame_set(f)
-                views.append(current_view(context, 0.25 if self.preview else 1.0))
+                views.append(current_view(context, 0.25 if self.preview else 1.0, s.avatar_id))
         except ValueError as exc:
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}

@@ -72,7 +72,8 @@ def _loaded(s, payload: dict) -> None:
     if rig.has_keyed_pose(s.armature):
         notes.append(f"'{s.armature.name}' is animated: its keyed pose was kept")
     else:
-        rig.write_pose(s.armature, payload["pose"], payload["transl"])
+        rig.write_pose(s.armature, payload["pose"], payload["transl"], rest_joints=payload["rest_joints"])
+    runtime.loaded = (payload["avatar"], payload["rest_joints"])
     if scene_setup.use_fit_camera(context, payload["camera"]):
         notes.append("camera set to the photo's")
     context.view_layer.update()   # evaluated bone positions follow the written pose

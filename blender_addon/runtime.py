@@ -21,6 +21,11 @@ class Runtime:
     reduced_view: tuple | None = None   # (key, avatar, view) last requested at scrubbing size
     last_change: float = 0.0
     errors: int = 0                  # results that could not be applied (each reported once)
+    loaded: tuple | None = None      # (avatar id, its (24, 3) rest joints) after Load
+
+    def rest_joints(self, avatar_id: str):
+        """The loaded avatar's rest skeleton (rigs map their pose onto it exactly), else None."""
+        return self.loaded[1] if self.loaded is not None and self.loaded[0] == avatar_id else None
 
     def reset(self) -> None:
         self.__init__()

@@ -82,6 +82,19 @@ def test_artist_path_in_the_installed_addon(built, tmp_path, open_body):
     Image.fromarray(mask8).save(tmp_path / "mask.png")
     np.save(tmp_path / "mask.npy", mask8)
 
+    # the rigs an artist brings (written the way a .blend of theirs would hold them)
+    import bpy
+
+    from tests.rig_builders import mixamo_rig, smplx_rig
+
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    rest = open_body.rest()[1][0].numpy().astype(np.float64)
+    rigs = [smplx_rig(rest, "rolled"), mixamo_rig(rest)]
+    for obj, name in zip(rigs, ("smplx_rig", "mixamo_rig")):
+        obj.name = name
+    bpy.data.libraries.write(str(tmp_path / "rigs.blend"), set(rigs), fake_user=True)
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+
     keys = tmp_path / "keys"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     subprocess.run([sys.executable, "-m", "backend", "keys", str(keys), "--client", "artist"], check=True,
@@ -97,7 +110,8 @@ def test_artist_path_in_the_installed_addon(built, tmp_path, open_body):
                   "client_key": str(keys / "artist.key_secret"), "photo": str(tmp_path / "photo.png"),
                   "mask": str(tmp_path / "mask.png"), "mask_npy": str(tmp_path / "mask.npy"),
                   "width": width, "height": height, "pose": pose.tolist(), "transl": transl.tolist(),
-                  "expected_camera": cam.to_dict(), "out": str(tmp_path / "out")}
+                  "expected_camera": cam.to_dict(), "out": str(tmp_path / "out"),
+                  "rigs_blend": str(tmp_path / "rigs.blend")}
         (session / "config.json").write_text(json.dumps(config))
         clean_env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
         clean_env["HOME"] = str(session / "home")
@@ -111,4 +125,7 @@ def test_artist_path_in_the_installed_addon(built, tmp_path, open_body):
     assert proc.returncode == 0, f"steps passed: {steps}\n{proc.stdout[-2000:]}\n{proc.stderr[-6000:]}"
     assert steps == ["isolated", "installed", "refuses_remote_without_online_access", "curve_keys", "connect",
                      "add_rig", "photo_sets_camera", "create_progress_cancel", "create_done_and_list", "load",
-                     "preview_lines_up_with_photo", "live_preview_scrub_then_full", "timer_survives_errors"], steps
+                     "preview_lines_up_with_photo", "live_preview_scrub_then_full", "timer_survives_errors",
+                     "smplx_rig_drives_preview", "mixamo_rig_drives_preview", "load_keeps_keyed_pose",
+                     "animation_render", "f12_asks_for_no_preview", "stop_frees_the_backend", "long_animation",
+                     "reopen_keeps_settings_and_handlers", "disable_stops_everything"], steps
