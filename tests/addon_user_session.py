@@ -101,6 +101,7 @@ prefs.backend_address = cfg["address"]
 assert bpy.ops.one_shot_avatar.connect() == {"FINISHED"}
 pump(lambda: s.status.startswith("connected"), 60, "the backend")
 assert "no CLIP weights" in s.status
+expect_error(bpy.ops.one_shot_avatar.create, "choose a photo")
 step("connect")
 
 # -------------------------------------------------------------------------- scene set-up
@@ -148,6 +149,37 @@ assert any("cancelled" in label for label in items.values()), items
 s.avatar_choice = avatar
 assert s.avatar_id == avatar
 step("create_done_and_list")
+
+
+class LayoutRecorder:
+    """Stands in for Blender's UILayout (background mode cannot draw): records the panel's calls."""
+
+    def __init__(self, calls):
+        self.calls = calls
+
+    def __getattr__(self, name):
+        def call(*args, **kw):
+            self.calls.append((name, args, kw))
+            return LayoutRecorder(self.calls)
+        return call
+
+
+calls = []
+runtime.job = "running"                                # draw it as during a fit, with the progress bar
+s.progress = 0.4
+addon.VIEW3D_PT_one_shot_avatar.draw(type("Panel", (), {"layout": LayoutRecorder(calls)})(), bpy.context)
+runtime.job, s.progress = None, 1.0
+drawn = {name for name, _, _ in calls}
+assert {"prop", "operator", "progress", "template_icon", "label"} <= drawn, drawn
+for name, args, kw in calls:
+    if name == "prop":
+        assert args[1] in args[0].bl_rna.properties, args[1]
+    elif name == "operator":
+        category, op = args[0].split(".")
+        assert getattr(getattr(bpy.ops, category), op).get_rna_type().name, args[0]   # KeyError if unknown
+    elif name == "progress":
+        assert abs(kw["factor"] - 0.4) < 1e-6 and kw["text"] == "40 %", kw
+step("panel_draws")
 
 # -------------------------------------------------------------------------- load and preview
 assert bpy.ops.one_shot_avatar.load() == {"FINISHED"}
@@ -237,7 +269,16 @@ for name, kind in (("smplx_rig", "smplx"), ("mixamo_rig", "mixamo")):
     print(f"{name}: {differs * 100:.2f} % of pixels differ from our rig's frame")
     assert differs < 0.01, differs                     # the same avatar pose from another rig
     step(f"{kind}_rig_drives_preview")
+other = bpy.data.objects.new("Rigify-like", bpy.data.armatures.new("Rigify-like"))
+scene.collection.objects.link(other)
+bpy.context.view_layer.objects.active = other
+bpy.ops.object.mode_set(mode="EDIT")
+other.data.edit_bones.new("spine").tail = (0.0, 0.0, 1.0)
+bpy.ops.object.mode_set(mode="OBJECT")
+s.armature = other                                     # a rig the add-on cannot read: one line, no traceback
+expect_error(bpy.ops.one_shot_avatar.preview, "is not an SMPL, SMPL-X or Mixamo rig")
 s.armature = arm
+step("wrong_rig_is_one_line")
 
 # -------------------------------------------------------------------------- animation
 for frame, angle in ((1, 0.0), (2, 0.5), (3, 1.0)):

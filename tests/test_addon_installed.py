@@ -124,8 +124,9 @@ def test_artist_path_in_the_installed_addon(built, tmp_path, open_body):
     print(proc.stdout[-3000:])
     assert proc.returncode == 0, f"steps passed: {steps}\n{proc.stdout[-2000:]}\n{proc.stderr[-6000:]}"
     assert steps == ["isolated", "installed", "refuses_remote_without_online_access", "curve_keys", "connect",
-                     "add_rig", "photo_sets_camera", "create_progress_cancel", "create_done_and_list", "load",
+                     "add_rig", "photo_sets_camera", "create_progress_cancel", "create_done_and_list", "panel_draws", "load",
                      "preview_lines_up_with_photo", "live_preview_scrub_then_full", "timer_survives_errors",
-                     "smplx_rig_drives_preview", "mixamo_rig_drives_preview", "load_keeps_keyed_pose",
+                     "smplx_rig_drives_preview", "mixamo_rig_drives_preview", "wrong_rig_is_one_line",
+                     "load_keeps_keyed_pose",
                      "animation_render", "f12_asks_for_no_preview", "stop_frees_the_backend", "long_animation",
                      "reopen_keeps_settings_and_handlers", "disable_stops_everything"], steps
