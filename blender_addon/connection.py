@@ -16,6 +16,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from .shared.client import ServiceClient, ServiceError
+from .shared.protocol import ProtocolError
 
 POLL_S = 0.25         # how often the thread looks for a cancel while a fit or stream runs
 BACKOFF_S = (1, 2, 5, 10, 30)
@@ -122,7 +123,8 @@ class Connection:
             while not self._stop.is_set():
                 if client is None:
                     try:
-                        client = ServiceClient(self.address, timeout=self.timeout, **self.keys)
+                        client = ServiceClient(self.address, timeout=self.timeout, should_stop=self._stop.is_set,
+                                               **self.keys)
                         self.capabilities = client.hello("blender add-on")
                         self.status = "connected"
                         attempt = 0
@@ -144,7 +146,7 @@ class Connection:
                     client = None
                     self.status = f"backend stopped answering ({exc}); reconnecting"
                     self._post("status", text=self.status)
-                except ServiceError as exc:
+                except (ServiceError, ProtocolError) as exc:   # a refused request: the connection is fine
                     self._post("error", text=f"{exc.code}: {exc.message}")
                 except Exception as exc:  # noqa: BLE001 - the thread must outlive any one failure
                     traceback.print_exc()

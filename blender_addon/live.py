@@ -59,7 +59,8 @@ def tick() -> None:
         return
     runtime.reduced_view = None
     key, avatar, view = pending
-    if key == runtime.last_view_key and not (runtime.rendering or runtime.streaming):
+    live = bpy.context.scene.one_shot_avatar.live_preview
+    if key == runtime.last_view_key and live and not (runtime.rendering or runtime.streaming):
         runtime.connection.request_render(key, avatar, view)
 
 

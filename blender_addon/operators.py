@@ -13,6 +13,7 @@ from . import preferences, rig, scene_setup
 from .blender_camera import camera_dict
 from .connection import Connection, check_keys, is_local_address
 from .runtime import runtime
+from .shared.camera import MAX_IMAGE_SIDE, MIN_IMAGE_SIDE
 
 
 def settings(context=None):
@@ -54,6 +55,9 @@ def current_view(context, scale: float = 1.0, avatar_id: str | None = None) -> d
     except KeyError as exc:
         raise ValueError(str(exc).strip("'\"")) from None
     cam = camera_dict(context.scene, context.scene.camera, depsgraph)
+    if not MIN_IMAGE_SIDE <= min(cam["width"], cam["height"]) <= max(cam["width"], cam["height"]) <= MAX_IMAGE_SIDE:
+        raise ValueError(f"the render size {cam['width']} x {cam['height']} (with its %) is outside "
+                         f"{MIN_IMAGE_SIDE}..{MAX_IMAGE_SIDE} pixels a side")
     return {"pose": pose, "transl": transl, "camera": scaled_camera(cam, scale)}
 
 

@@ -29,10 +29,14 @@ class ServiceError(Exception):
 
 class ServiceClient:
     def __init__(self, address: str = f"tcp://127.0.0.1:{P.DEFAULT_PORT}", timeout: float = 30.0,
-                 server_key: Path | None = None, client_key: Path | None = None):
+                 server_key: Path | None = None, client_key: Path | None = None,
+                 should_stop: Callable[[], bool] | None = None):
         """server_key: the server's public certificate; client_key: this client's secret
-        certificate (both from 'avatar-backend keys'); needed when the server uses CurveZMQ."""
+        certificate (both from 'avatar-backend keys'); needed when the server uses CurveZMQ.
+        should_stop: checked several times a second while waiting; when it returns True the wait
+        ends with TimeoutError (a UI closing its connection thread need not wait for a timeout)."""
         self.timeout = timeout
+        self.should_stop = should_stop
         self.ctx = zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
@@ -61,6 +65,7 @@ class ServiceClient:
 
     # ------------------------------------------------------------------ plumbing
     HEARTBEAT_S = 5.0  # while waiting, tell the server we are still here this often
+    STOP_CHECK_S = 0.2  # how often a wait looks at should_stop
 
     def send(self, type_: str, fields: dict | None = None, frames: dict | None = None) -> int:
         msg_id = next(self._ids)
@@ -79,7 +84,9 @@ class ServiceClient:
             left = deadline - now
             if left <= 0:
                 raise TimeoutError(f"no answer from the backend within {self.timeout if timeout is None else timeout} s")
-            if not self.sock.poll(int(min(left, self.HEARTBEAT_S) * 1000)):
+            if self.should_stop is not None and self.should_stop():
+                raise TimeoutError("stopped while waiting for the backend")
+            if not self.sock.poll(int(min(left, self.HEARTBEAT_S, self.STOP_CHECK_S) * 1000)):
                 continue
             msg = P.decode(self.sock.recv_multipart())
             if msg.type == "heartbeat" or msg.id != msg_id:

@@ -351,6 +351,14 @@ assert bpy.ops.one_shot_avatar.cancel_render() == {"FINISHED"}
 pump(lambda: s.status == "animation render stopped", 60, "the stop")
 step("long_animation")
 
+# the backend goes away: a status line, the add-on keeps working and keeps retrying
+os.kill(cfg["server_pid"], 15)
+assert bpy.ops.one_shot_avatar.preview() == {"FINISHED"}
+pump(lambda: "not reachable" in s.status or "stopped answering" in s.status, 60, "the backend gone")
+print(f"backend gone: {s.status}")
+assert "Traceback" not in s.status
+step("backend_gone_is_a_status_line")
+
 # -------------------------------------------------------------------------- reopen, disable
 scene.frame_end = 3
 blend = out / "scene.blend"

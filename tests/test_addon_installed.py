@@ -111,7 +111,7 @@ def test_artist_path_in_the_installed_addon(built, tmp_path, open_body):
                   "mask": str(tmp_path / "mask.png"), "mask_npy": str(tmp_path / "mask.npy"),
                   "width": width, "height": height, "pose": pose.tolist(), "transl": transl.tolist(),
                   "expected_camera": cam.to_dict(), "out": str(tmp_path / "out"),
-                  "rigs_blend": str(tmp_path / "rigs.blend")}
+                  "rigs_blend": str(tmp_path / "rigs.blend"), "server_pid": server.proc.pid}
         (session / "config.json").write_text(json.dumps(config))
         clean_env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
         clean_env["HOME"] = str(session / "home")
@@ -128,5 +128,5 @@ def test_artist_path_in_the_installed_addon(built, tmp_path, open_body):
                      "preview_lines_up_with_photo", "live_preview_scrub_then_full", "timer_survives_errors",
                      "smplx_rig_drives_preview", "mixamo_rig_drives_preview", "wrong_rig_is_one_line",
                      "load_keeps_keyed_pose",
-                     "animation_render", "f12_asks_for_no_preview", "stop_frees_the_backend", "long_animation",
+                     "animation_render", "f12_asks_for_no_preview", "stop_frees_the_backend", "long_animation", "backend_gone_is_a_status_line",
                      "reopen_keeps_settings_and_handlers", "disable_stops_everything"], steps

@@ -1,6 +1,8 @@
 """The built add-on zip: vendored shared/, the pyzmq and msgpack wheels for every platform
 (downloaded from PyPI by the build) listed in the manifest with the platforms they cover.
 Installing and enabling it is tested in tests/test_addon_installed.py."""
+import subprocess
+import sys
 import tomllib
 import zipfile
 
@@ -36,6 +38,15 @@ def test_zip_has_manifest_vendored_shared_and_wheels(built):
     # Blender refuses the zip on platforms it does not list; every listed one has all wheels
     assert {"linux-x64", "windows-x64", "macos-arm64", "macos-x64"} <= set(manifest["platforms"])
     assert set(manifest["platforms"]) == set(build_addon.supported_platforms([w.split("/")[1] for w in wheels]))
+
+
+def test_blender_validates_the_zip_with_its_wheels(built):
+    pytest.importorskip("bpy", reason="Blender's validator ships in the bpy wheel")
+    from tests.test_addon_installed import blender_validator
+
+    proc = subprocess.run([sys.executable, str(blender_validator()), "validate", str(built)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "success" in proc.stdout.lower(), proc.stdout + proc.stderr
 
 
 def test_platforms_need_every_package_for_every_python():
