@@ -43,8 +43,7 @@ def _photo_changed(self, context):
     try:
         from . import scene_setup
 
-        w, h = scene_setup.photo_size(self.photo)
-        scene_setup.frame_photo(context, w, h, self.armature)
+        w, h = scene_setup.frame_photo_file(context, self.photo, self.armature)
         self.status = f"photo {w} x {h}: render size and camera set"
     except Exception as exc:  # noqa: BLE001 - an update callback must not raise into the UI
         self.status = f"could not use the photo: {exc}"[:200]

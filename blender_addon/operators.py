@@ -140,11 +140,10 @@ class AVATAR_OT_frame_photo(bpy.types.Operator):
     def execute(self, context):
         s = settings(context)
         try:
-            width, height = scene_setup.photo_size(s.photo)
+            scene_setup.frame_photo_file(context, s.photo, s.armature)
         except (ValueError, RuntimeError) as exc:
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
-        scene_setup.frame_photo(context, width, height, s.armature)
         return {"FINISHED"}
 
 

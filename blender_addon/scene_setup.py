@@ -62,6 +62,13 @@ def photo_camera_object(scene):
     return cam
 
 
+def frame_photo_file(context, path: str, armature=None) -> tuple[int, int]:
+    """frame_photo for the photo at `path`; returns its (width, height)."""
+    width, height = photo_size(path)
+    frame_photo(context, width, height, armature)
+    return width, height
+
+
 def frame_photo(context, width: int, height: int, armature=None) -> dict:
     """Render size = the photo's; the photo camera frames the armature (or a person standing on
     the 3D cursor) with the default lens. Returns the camera as the backend sees it."""
