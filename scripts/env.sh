@@ -6,7 +6,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cache="${AVATAR_CACHE_DIR:-$HOME/.cache/one-shot-avatar}"
-key="$(sha256sum "$root/requirements.lock" | cut -c1-12)"
+key="$(cat "$root/requirements.lock" "$root/requirements-nodeps.lock" | sha256sum | cut -c1-12)"
 venv="${AVATAR_VENV:-$cache/venv-$key}"
 python="${PYTHON:-python3.11}"
 command -v "$python" >/dev/null 2>&1 || python=python3
@@ -20,7 +20,8 @@ if [ ! -f "$venv/.complete" ]; then
     "$python" -m venv "$venv"
     log="$cache/install-$key.log"
     if ! { "$venv/bin/python" -m pip install --upgrade pip &&
-           "$venv/bin/python" -m pip install -r "$root/requirements.lock"; } >"$log" 2>&1; then
+           "$venv/bin/python" -m pip install -r "$root/requirements.lock" &&
+           "$venv/bin/python" -m pip install --no-deps -r "$root/requirements-nodeps.lock"; } >"$log" 2>&1; then
         tail -n 30 "$log" >&2
         echo "[env] installing the pinned environment failed; full log: $log" >&2
         exit 1
