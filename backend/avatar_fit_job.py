@@ -190,6 +190,13 @@ def run_avatar_fit(photo=None, mask=None, params=None, elicit_dir=None, body_spe
                               preset="full" if preset == "full" else "quick", out_dir=work, log=log, body=body)
         inputs, mask_img = fitted.inputs, fitted.mask
         pose, betas, transl = fitted.fit.pose, fitted.fit.betas, fitted.fit.transl
+    elif params is None and elicit_dir is None:   # photo only, unrefined: the landmarks' body and mask
+        from backend.body_fit_job import start_body
+
+        inputs = load_fit_inputs(photo=photo, mask=mask)
+        start = start_body(inputs, body, log)
+        mask_img = inputs.mask if inputs.mask is not None else start.estimated_mask
+        pose, betas, transl = start.pose, start.betas, start.transl
     else:
         inputs = load_fit_inputs(photo=photo, mask=mask, params=params, elicit_dir=elicit_dir)
         if inputs.mask is None:

@@ -58,18 +58,65 @@ def _grabcut(image, seed, log) -> np.ndarray:
     return derived.mask
 
 
+@dataclasses.dataclass
+class Start:
+    """Where the body fit starts: given parameters or the photo's own estimate."""
+    pose: np.ndarray
+    betas: np.ndarray
+    transl: np.ndarray
+    guides: object = None              # backend.estimate.body_init.PoseGuides, when landmarks were found
+    estimated_mask: np.ndarray | None = None
+    source: str = "params"             # "params" or "photo"
+
+
+def _given_betas(inputs: FitInputs, body: BodyModel) -> np.ndarray:
+    betas0 = betas_for_body(inputs.params, body.name)
+    betas0 = np.zeros(body.num_betas) if betas0 is None else np.asarray(betas0)[: body.num_betas]
+    if betas0.shape[0] < body.num_betas:
+        betas0 = np.pad(betas0, (0, body.num_betas - betas0.shape[0]))
+    return betas0
+
+
+def start_body(inputs: FitInputs, body: BodyModel, log=print) -> Start:
+    """Photo only: landmarks -> body (an error if no person is found). With given parameters:
+    those, plus the landmarks as guides when the estimator is installed and finds the person."""
+    from backend.estimate.person import EstimatorUnavailable, NoPersonError, estimate_person
+
+    photo8 = (np.clip(inputs.image, 0, 1) * 255).round().astype(np.uint8)
+    where = str(inputs.photo_path)
+    if inputs.params is None:
+        from backend.estimate.body_init import init_body
+
+        log(f"estimating the person's pose and mask from the photo (lens: {inputs.lens_source}, "
+            f"focal {inputs.camera.K[0, 0]:.0f} px)")
+        est = estimate_person(photo8, where)
+        for w in est.warnings:
+            log(f"warning: {w}")
+        init = init_body(body, est, inputs.camera)
+        return Start(init.pose, init.betas, init.transl, init.guides, est.mask, "photo")
+    start = Start(np.asarray(inputs.params.pose), _given_betas(inputs, body), np.asarray(inputs.params.transl))
+    try:
+        from backend.estimate.body_init import pose_guides
+
+        est = estimate_person(photo8, where)
+    except EstimatorUnavailable as exc:
+        log(f"note: refining without landmarks ({exc})")
+        return start
+    except NoPersonError:
+        log("note: the pose estimator found no person; refining the given parameters by the silhouette alone")
+        return start
+    return dataclasses.replace(start, guides=pose_guides(est, inputs.camera), estimated_mask=est.mask)
+
+
 def run_body_fit(photo=None, mask=None, params=None, elicit_dir=None, body_spec="open_body",
                  preset="quick", out_dir=Path("out/fit"), log=print, body: BodyModel | None = None
                  ) -> BodyFitJobResult:
     inputs = load_fit_inputs(photo=photo, mask=mask, params=params, elicit_dir=elicit_dir)
     body = load_body_model(body_spec) if body is None else body
-    for note in list(inputs.warnings) + list(inputs.params.notes):
+    for note in list(inputs.warnings) + (list(inputs.params.notes) if inputs.params is not None else []):
         log(f"note: {note}")
-    betas0 = betas_for_body(inputs.params, body.name)
-    betas0 = np.zeros(body.num_betas) if betas0 is None else np.asarray(betas0)[: body.num_betas]
-    if betas0.shape[0] < body.num_betas:
-        betas0 = np.pad(betas0, (0, body.num_betas - betas0.shape[0]))
-    pose0, transl0 = inputs.params.pose, inputs.params.transl
+    start = start_body(inputs, body, log)
+    pose0, betas0, transl0 = start.pose, start.betas, start.transl
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -81,20 +128,25 @@ def run_body_fit(photo=None, mask=None, params=None, elicit_dir=None, body_spec=
         n = sum(s.iterations for s in config.stages[: rec["stage"]]) + rec["iteration"] + 1
         log(f"  fit {n:4d}/{total}  stage {rec['stage']}  loss {rec['loss']:.4f}  soft IoU {rec['soft_iou']:.3f}")
 
-    mask_img = inputs.mask
+    mask_img, mask_source = inputs.mask, inputs.mask_source
+    if mask_img is None and start.estimated_mask is not None:
+        mask_img, mask_source = start.estimated_mask, "estimator"
     if mask_img is None:
         log("no mask and no alpha channel: deriving one with GrabCut seeded by the body silhouette")
-        mask_img = _grabcut(inputs.image, before, log)
-    fit = fit_body_to_mask(body, mask_img, inputs.camera, pose0, betas0, transl0, config, progress=progress)
-    if inputs.mask is None:
+        mask_img, mask_source = _grabcut(inputs.image, before, log), "grabcut"
+    fit = fit_body_to_mask(body, mask_img, inputs.camera, pose0, betas0, transl0, config, progress=progress,
+                           guides=start.guides)
+    if mask_source == "grabcut":
         # The initial pose may be far off; the fitted body is a much better GrabCut seed.
         log("refining the GrabCut mask with the fitted body, then the fit")
         mask_img = _grabcut(inputs.image, body_silhouette(body, fit.pose, fit.betas, fit.transl, inputs.camera), log)
         refine = dataclasses.replace(config, stages=config.stages[-1:])
-        refined = fit_body_to_mask(body, mask_img, inputs.camera, fit.pose, fit.betas, fit.transl, refine)
+        refined = fit_body_to_mask(body, mask_img, inputs.camera, fit.pose, fit.betas, fit.transl, refine,
+                                   guides=start.guides)
         fit = dataclasses.replace(refined, iou_before=silhouette_iou(body, pose0, betas0, transl0, mask_img, inputs.camera),
                                   history=fit.history + refined.history)
-        Image.fromarray((mask_img * 255).astype(np.uint8)).save(out_dir / "mask.png")
+    if mask_source in ("grabcut", "estimator"):
+        Image.fromarray((np.clip(mask_img, 0, 1) * 255).astype(np.uint8)).save(out_dir / "mask.png")
     after = body_silhouette(body, fit.pose, fit.betas, fit.transl, inputs.camera)
 
     write_overlay(out_dir / "overlay.png", inputs.image, mask_img, before, after)
@@ -102,10 +154,11 @@ def run_body_fit(photo=None, mask=None, params=None, elicit_dir=None, body_spec=
                         source_model=body.name, notes=[])
     write_params_json(out_dir / "fitted_params.json", fitted, inputs.camera)
     report = {"body_model": body.identity, "shape_names": body.shape_names, "preset": preset,
-              "mask_source": inputs.mask_source if inputs.mask is not None else "grabcut",
+              "mask_source": mask_source, "start": start.source, "lens": inputs.lens_source,
+              "landmark_guides": start.guides is not None,
               "silhouette_iou_before": fit.iou_before, "silhouette_iou_after": fit.iou_after}
     (out_dir / "fit_report.json").write_text(json.dumps(report, indent=2))
     log(f"silhouette IoU before {fit.iou_before:.3f} -> after {fit.iou_after:.3f}")
     log(f"wrote {out_dir / 'overlay.png'}, {out_dir / 'fitted_params.json'}, {out_dir / 'fit_report.json'}")
-    return BodyFitJobResult(fit, np.asarray(pose0), betas0, np.asarray(transl0), report["mask_source"], out_dir,
+    return BodyFitJobResult(fit, np.asarray(pose0), betas0, np.asarray(transl0), mask_source, out_dir,
                             inputs, mask_img, body)

@@ -351,7 +351,8 @@ def _add_input_args(p) -> None:
     src.add_argument("--elicit", type=Path, help="ELICIT folder: gt_image.png, gt_mask.png, gt_params.npz")
     src.add_argument("--photo", type=Path, help="photo (PNG/JPG; alpha is used as the mask)")
     p.add_argument("--mask", type=Path, help="person mask image (with --photo)")
-    p.add_argument("--params", type=Path, help="body parameters: gt_params.npz or our JSON (with --photo)")
+    p.add_argument("--params", type=Path, help="body parameters: gt_params.npz or our JSON (with --photo); without "
+                   "them the pose, mask and camera are estimated from the photo")
     p.add_argument("--body", default="open_body", help="'open_body' (built in) or an SMPL .pkl/.npz file")
 
 
@@ -367,9 +368,6 @@ def _add_prior_args(p) -> None:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "photo", None) is not None and args.params is None:
-        print("error: --photo needs --params (gt_params.npz or a params JSON)", file=sys.stderr)
-        return 2
     try:
         return args.func(args)
     except AvatarError as exc:  # user-facing: one clear line, no traceback

@@ -56,10 +56,11 @@ class FitInputs:
     image: np.ndarray             # (H, W, 3) float32 in [0, 1], RGB, never composited
     mask: np.ndarray | None       # (H, W) float32 in [0, 1]; None: derive one (GrabCut) later
     mask_source: str              # "file", "alpha" or "none"
-    params: BodyParams
+    params: BodyParams | None     # None: photo only (the body is estimated from the photo)
     camera: PinholeCamera
     photo_path: Path
     warnings: list[str] = dataclasses.field(default_factory=list)
+    lens_source: str = "params"   # where the camera's focal length came from (backend.estimate.exif)
 
 
 def betas_for_body(params: BodyParams, body_name: str) -> np.ndarray | None:
@@ -527,7 +528,9 @@ def _elicit_files(folder) -> dict[str, Path | None]:
 
 
 def load_fit_inputs(photo=None, mask=None, params=None, elicit_dir=None) -> FitInputs:
-    """Photo + optional mask + body parameters, validated together.
+    """Photo + optional mask + optional body parameters, validated together. Without parameters
+    the camera comes from the photo's EXIF focal length (else the default lens) and `params` is
+    None: the body is estimated from the photo (backend/body_fit_job.py).
 
     `elicit_dir` supplies whichever of photo / mask / params is not given explicitly. The
     mask comes from the mask file, else from the photo's alpha, else is None (mask_source
@@ -541,9 +544,6 @@ def load_fit_inputs(photo=None, mask=None, params=None, elicit_dir=None) -> FitI
     if photo is None:
         raise InputError("no photo given: give a photo file or an ELICIT folder")
     photo = Path(photo)
-    if params is None:
-        raise InputError(f"no body parameters given for {photo}: give a .json file "
-                         f"(docs/inputs.md) or ELICIT's gt_params.npz")
     image, alpha = load_image(photo)
     hw = image.shape[:2]
     warnings: list[str] = []
@@ -561,12 +561,24 @@ def load_fit_inputs(photo=None, mask=None, params=None, elicit_dir=None) -> FitI
     if mask_arr is not None and (mask_arr >= FOREGROUND).mean() > INVERTED_MASK_FRACTION:
         warnings.append(f"the {source} mask marks {100 * (mask_arr >= FOREGROUND).mean():.0f}% of "
                         f"the photo as the person; is it inverted? (white must mark the person)")
+    if params is None:   # photo only: the camera from EXIF (else the default lens), the body estimated later
+        lens = photo_lens_of(photo, hw)
+        camera = PinholeCamera.from_focal(lens.focal_px, hw[1], hw[0])
+        return FitInputs(image, mask_arr, source, None, camera, photo, warnings, lens.source)
     body, camera = load_params(params, hw)
     depth = float((camera.R @ body.transl + camera.t)[2])
     if depth <= 0.0:
         warnings.append(f"{params}: the body's translation lies {'behind' if depth < 0 else 'at'} "
                         f"the camera (depth {depth:.3g} m); the fit will likely fail")
     return FitInputs(image, mask_arr, source, body, camera, photo, warnings)
+
+
+def photo_lens_of(photo: Path, hw: tuple[int, int]):
+    """The photo's lens (EXIF focal length, else the default) for its upright size hw."""
+    from backend.estimate.exif import photo_lens
+
+    with Image.open(photo) as img:
+        return photo_lens(img, hw[1], hw[0])
 
 
 def load_elicit_folder(folder) -> FitInputs:

@@ -38,6 +38,14 @@ class FitConfig:
     joint_limit: float = 1.0      # knees and elbows bend one way only
     shape_prior: float = 1e-3     # betas are in phenotype steps; stay near the average body
     depth_prior: float = 1e-2     # a silhouette cannot tell "farther" from "bigger": keep the given depth
+    # With landmark guides (backend/estimate): the silhouette may not trade the 3D pose for
+    # overlap. Keypoints: squared reprojection error in units of the photo's long side; bones:
+    # 1 - cos of the angle to the landmarks' 3D bone directions; orientation: the squared angle
+    # (radians) by which the global rotation turns more than free_turn_deg from its start.
+    keypoint: float = 30.0
+    bone_direction: float = 1.0
+    orientation_prior: float = 10.0
+    free_turn_deg: float = 10.0
 
     @classmethod
     def preset(cls, name: str) -> "FitConfig":
@@ -120,10 +128,32 @@ def _joint_limit_penalty(body_pose: torch.Tensor) -> torch.Tensor:
     return torch.stack(terms, -1).sum(-1).mean()
 
 
+def _rotation_angle(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Angle between two axis-angle rotations (geodesic, radians)."""
+    from smplx.lbs import batch_rodrigues
+
+    R = batch_rodrigues(a[None])[0] @ batch_rodrigues(b[None])[0].T
+    cos = ((R.diagonal().sum() - 1.0) / 2.0).clamp(-1.0 + 1e-6, 1.0 - 1e-6)
+    return torch.acos(cos)
+
+
+def guide_loss(joints: torch.Tensor, global_orient, guides, camera: PinholeCamera, config: "FitConfig",
+               global_orient0) -> torch.Tensor:
+    """The landmark terms (keypoint reprojection, bone directions, orientation bound); joints (24, 3)."""
+    from backend.estimate.body_init import direction_loss, keypoint_loss
+
+    loss = config.keypoint * keypoint_loss(joints, guides, camera)
+    loss = loss + config.bone_direction * direction_loss(joints, guides)
+    turned = torch.relu(_rotation_angle(global_orient, global_orient0) - math.radians(config.free_turn_deg))
+    return loss + config.orientation_prior * turned ** 2
+
+
 def fit_body_to_mask(body: BodyModel, mask: np.ndarray, camera: PinholeCamera, pose0, betas0=None,
                      transl0=None, config: FitConfig | None = None,
-                     progress: Callable[[dict], None] | None = None) -> FitResult:
-    """Optimise global orientation, translation, body pose and shape to the mask (H, W) in [0, 1]."""
+                     progress: Callable[[dict], None] | None = None, guides=None) -> FitResult:
+    """Optimise global orientation, translation, body pose and shape to the mask (H, W) in [0, 1].
+    `guides` (backend.estimate.body_init.PoseGuides, camera at the world origin) add the landmark
+    terms of FitConfig, so overlap is never bought with a wrong 3D pose."""
     config = config or FitConfig.preset("quick")
     if mask.shape != (camera.height, camera.width):
         raise ValueError(f"mask is {mask.shape[1]}x{mask.shape[0]} but the camera is {camera.width}x{camera.height}")
@@ -153,7 +183,8 @@ def fit_body_to_mask(body: BodyModel, mask: np.ndarray, camera: PinholeCamera, p
         for it in range(stage.iterations):
             opt.zero_grad(set_to_none=True)
             pose = torch.cat([global_orient, body_pose])
-            verts = body(pose, betas, transl).vertices
+            out = body(pose, betas, transl)
+            verts = out.vertices
             alpha = soft_silhouette(verts, faces, K, R, t, cam.height, cam.width, sigma=stage.sigma)[0]
             # squared error normalised by the person's area, so priors weigh the same at any size
             loss = ((alpha - target) ** 2).sum() / target_area
@@ -163,6 +194,8 @@ def fit_body_to_mask(body: BodyModel, mask: np.ndarray, camera: PinholeCamera, p
             loss = loss + config.joint_limit * _joint_limit_penalty(body_pose)
             loss = loss + config.shape_prior * (betas ** 2).sum()
             loss = loss + config.depth_prior * (transl[2] - transl0[2]) ** 2
+            if guides is not None:
+                loss = loss + guide_loss(out.joints[0], global_orient, guides, camera, config, pose0[:3])
             loss.backward()
             opt.step()
             if it % 10 == 0 or it == stage.iterations - 1:

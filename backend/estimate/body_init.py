@@ -58,7 +58,7 @@ class PoseGuides:
     keypoint_xy: np.ndarray       # (K, 2) pixels
     keypoint_weight: np.ndarray   # (K,) landmark visibility (0 where not seen)
     bone_joints: np.ndarray       # (B, 2) SMPL joint index pairs
-    bone_dirs: np.ndarray         # (B, 3) unit directions in the world (camera) frame
+    bone_dirs: np.ndarray         # (B, 3) unit directions in the world frame
     bone_weight: np.ndarray       # (B,)
 
 
@@ -80,10 +80,11 @@ def _seen(est: PersonEstimate, spec) -> float:
     return float(min(est.visibility[LANDMARKS[n]] for n in names))
 
 
-def pose_guides(est: PersonEstimate) -> PoseGuides:
+def pose_guides(est: PersonEstimate, camera: PinholeCamera) -> PoseGuides:
+    """The landmarks as guides in `camera`'s world (bone directions turned out of its frame)."""
     dirs, pairs, weights = [], [], []
     for a, b, la, lb in BONES:
-        d = _point(est.world, lb) - _point(est.world, la)
+        d = camera.R.T @ (_point(est.world, lb) - _point(est.world, la))
         n = np.linalg.norm(d)
         w = min(_seen(est, la), _seen(est, lb)) if n > 1e-6 else 0.0
         dirs.append(d / max(n, 1e-9))
@@ -128,10 +129,13 @@ def direction_loss(joints: torch.Tensor, guides: PoseGuides) -> torch.Tensor:
     return (w * (1.0 - (d * target).sum(-1))).sum() / w.sum().clamp(min=1e-9)
 
 
-def keypoint_loss(joints: torch.Tensor, guides: PoseGuides, K: torch.Tensor, scale: float) -> torch.Tensor:
-    """Weighted mean squared reprojection error of the keypoint joints, in units of `scale`
-    pixels (the photo's long side), camera at the world origin (R = I, t = 0)."""
-    p = joints[torch.as_tensor(guides.keypoint_joints)]
+def keypoint_loss(joints: torch.Tensor, guides: PoseGuides, camera: PinholeCamera) -> torch.Tensor:
+    """Weighted mean squared reprojection error of the keypoint joints through `camera`, in
+    units of the photo's long side."""
+    like = dict(dtype=joints.dtype, device=joints.device)
+    K, R, t = (torch.as_tensor(np.asarray(a), **like) for a in (camera.K, camera.R, camera.t))
+    scale = float(max(camera.width, camera.height))
+    p = joints[torch.as_tensor(guides.keypoint_joints)] @ R.T + t
     uvw = p @ K.T
     uv = uvw[:, :2] / uvw[:, 2:3].clamp(min=1e-6)
     target = torch.as_tensor(guides.keypoint_xy, dtype=joints.dtype)
@@ -168,7 +172,7 @@ def init_body(body: BodyModel, est: PersonEstimate, camera: PinholeCamera, betas
     """Pose, translation and (given or average) shape of `body` matching the landmarks."""
     if not np.allclose(camera.R, np.eye(3)) or not np.allclose(camera.t, 0.0):
         raise ValueError("init_body works in the photo camera's frame (R = I, t = 0)")
-    guides = pose_guides(est)
+    guides = pose_guides(est, camera)
     betas_t = torch.zeros(body.num_betas) if betas is None else torch.as_tensor(np.asarray(betas, np.float32))
     limit = _limits()
     global_orient = torch.as_tensor(axis_angle(torso_rotation(est)), dtype=torch.float32).requires_grad_(True)
@@ -184,13 +188,11 @@ def init_body(body: BodyModel, est: PersonEstimate, camera: PinholeCamera, betas
     with torch.no_grad():
         joints = body(torch.cat([global_orient, body_pose]), betas_t, None).joints[0].numpy().astype(np.float64)
     transl = torch.as_tensor(solve_translation(joints, guides, camera), dtype=torch.float32).requires_grad_(True)
-    K = torch.as_tensor(camera.K, dtype=torch.float32)
-    scale = float(max(camera.width, camera.height))
     opt = torch.optim.Adam([global_orient, body_pose, transl], lr=0.01)
     for _ in range(iterations // 2):
         opt.zero_grad(set_to_none=True)
         joints = body(torch.cat([global_orient, body_pose]), betas_t, transl).joints[0]
-        loss = (direction_loss(joints, guides) + 100.0 * keypoint_loss(joints, guides, K, scale)
+        loss = (direction_loss(joints, guides) + 100.0 * keypoint_loss(joints, guides, camera)
                 + 1e-3 * (body_pose ** 2).sum() + limit(body_pose))
         loss.backward()
         opt.step()

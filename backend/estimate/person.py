@@ -65,8 +65,10 @@ def _mediapipe():
 def estimate_person(image: np.ndarray, where: str = "the photo") -> PersonEstimate:
     """(H, W, 3) uint8 RGB -> the person's landmarks and mask. NoPersonError if there is none;
     warnings for other people in view and for a person cut off at the frame."""
+    if image.dtype != np.uint8 or image.ndim != 3:
+        raise TypeError(f"estimate_person takes an (H, W, 3) uint8 photo, got {image.dtype} {image.shape}")
     mp = _mediapipe()
-    image = np.ascontiguousarray(image[..., :3], dtype=np.uint8)
+    image = np.ascontiguousarray(image[..., :3])
     h, w = image.shape[:2]
     with mp.solutions.pose.Pose(static_image_mode=True, model_complexity=1, enable_segmentation=True) as pose:
         result = pose.process(image)
@@ -124,11 +126,16 @@ def person_regions(mask: np.ndarray, threshold: float = 0.5) -> list[np.ndarray]
 def other_people_warnings(mp, image: np.ndarray, person_mask: np.ndarray, where: str) -> list[str]:
     """Everybody the selfie segmentation sees, minus the estimated person: sizeable regions left
     are other people (the avatar is made of the one whose pose was found)."""
+    import cv2
+
     with mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=0) as seg:
-        everyone = np.asarray(seg.process(image).segmentation_mask, dtype=np.float32)
+        everyone = np.asarray(seg.process(image).segmentation_mask, dtype=np.float32) > 0.3
+    # the selfie model breaks a small full-body figure into pieces: close the gaps between them
+    k = max(3, round(0.04 * max(image.shape[:2]))) | 1
+    joined = cv2.morphologyEx(everyone.astype(np.uint8), cv2.MORPH_CLOSE, np.ones((k, k), np.uint8))
     main_area = max(1, int((person_mask > 0.5).sum()))
-    others = [r for r in person_regions(everyone)
-              if r.sum() >= OTHER_PERSON_AREA * main_area and (person_mask[r] > 0.5).mean() < 0.2]
+    others = [r for r in person_regions(joined.astype(np.float32))
+              if (everyone & r).sum() >= OTHER_PERSON_AREA * main_area and (person_mask[r] > 0.5).mean() < 0.2]
     if not others:
         return []
     return [f"{where}: {len(others) + 1} people seem to be in view; the avatar is made of the one "

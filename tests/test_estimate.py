@@ -1,0 +1,117 @@
+"""The photo-only estimate on rendered people with a known body: MediaPipe landmarks and mask,
+the body initialisation and the guided refinement, and the messages for photos it cannot use."""
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+pytest.importorskip("mediapipe", reason="the photo-only path needs mediapipe (scripts/env.sh installs it)")
+
+from backend.body.fitting import FitConfig, fit_body_to_mask, joint_error_mm, silhouette_iou  # noqa: E402
+from backend.estimate.body_init import init_body  # noqa: E402
+from backend.estimate.person import LANDMARKS, NoPersonError, estimate_person  # noqa: E402
+from shared.camera import PinholeCamera  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZE = 256
+
+
+@pytest.fixture(scope="module")
+def person(open_body):
+    """The sample person (natural pose, dressed in flat colours) at 256 px over a textured
+    background, with the true parameters."""
+    from backend.sample_subject import DISTANCE, FOCAL, frame_body, render_flat, subject_pose
+
+    pose = subject_pose()
+    betas = np.zeros(open_body.num_betas)
+    betas[:2] = [0.8, -0.5]
+    transl = frame_body(open_body, pose, betas, DISTANCE)
+    cam = PinholeCamera.from_focal(FOCAL * SIZE / 512, SIZE, SIZE)
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE] / SIZE
+    background = np.stack([0.55 + 0.1 * np.sin(9 * xx), 0.6 + 0.1 * np.cos(7 * yy), 0.5 + 0 * xx], -1)
+    rgb, mask = render_flat(open_body, pose, betas, transl, cam, background)
+    with torch.no_grad():
+        joints = open_body(pose, betas, transl).joints[0].numpy().astype(np.float64)
+    return {"image": (rgb * 255).round().astype(np.uint8), "mask": mask, "pose": pose, "betas": betas,
+            "transl": transl, "camera": cam, "joints_2d": cam.project(joints)}
+
+
+def test_landmarks_and_mask_match_the_rendered_person(person):
+    from shared.smpl import JOINT_INDEX
+
+    est = estimate_person(person["image"])
+    assert est.warnings == []
+    for name in ("left_shoulder", "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist",
+                 "left_knee", "right_knee", "left_ankle", "right_ankle"):
+        error = np.linalg.norm(est.image_xy[LANDMARKS[name]] - person["joints_2d"][JOINT_INDEX[name]])
+        assert error < 0.04 * SIZE, (name, error)       # within 10 px at 256 px
+        assert est.seen(name)
+    m, g = est.mask > 0.5, person["mask"] > 0.5
+    assert (m & g).sum() / (m | g).sum() >= 0.9
+    # metric 3D landmarks: hip-centred, the person's left on the camera's +x, head up (-y)
+    assert est.world[LANDMARKS["left_shoulder"], 0] > est.world[LANDMARKS["right_shoulder"], 0]
+    assert est.world[LANDMARKS["nose"], 1] < -0.4 and np.abs(est.world[[23, 24]].mean(0)).max() < 0.05
+
+
+def test_init_from_landmarks_then_guided_refinement(open_body, person):
+    """From the photo alone: far closer to the true pose than rough parameters, and the guided
+    silhouette refinement raises the overlap without moving away from the 3D pose."""
+    from backend.sample_subject import rough_estimate
+
+    truth = (person["pose"], person["betas"], person["transl"])
+    est = estimate_person(person["image"])
+    init = init_body(open_body, est, person["camera"])
+    start = joint_error_mm(open_body, init.pose, init.betas, init.transl, *truth)
+    rough = rough_estimate(person["pose"], np.random.default_rng(0))   # what the demo's params look like
+    assert start < 80.0 and start < joint_error_mm(open_body, rough, None, person["transl"], *truth)
+    depth_error = abs(init.transl[2] - person["transl"][2]) / person["transl"][2]
+    assert depth_error < 0.1                             # the body's metric size fixes the depth
+
+    config = FitConfig.preset("quick")
+    fit = fit_body_to_mask(open_body, est.mask, person["camera"], init.pose, init.betas, init.transl, config,
+                           guides=init.guides)
+    after = joint_error_mm(open_body, fit.pose, fit.betas, fit.transl, *truth)
+    iou = silhouette_iou(open_body, fit.pose, fit.betas, fit.transl, person["mask"], person["camera"])
+    print(f"MPJPE landmarks {start:.0f} mm -> refined {after:.0f} mm, IoU {fit.iou_before:.3f} -> {iou:.3f}")
+    assert after <= start + 5.0 and iou > max(0.9, fit.iou_before)
+
+
+def test_photos_it_cannot_use_say_why(person):
+    rng = np.random.default_rng(0)
+    with pytest.raises(NoPersonError, match="no person found in noise.png"):
+        estimate_person((rng.uniform(0, 1, (SIZE, SIZE, 3)) * 255).astype(np.uint8), "noise.png")
+
+    cropped = person["image"][: int(SIZE * 0.62)]       # cut above the knees
+    est = estimate_person(np.ascontiguousarray(cropped), "cropped.png")
+    assert any("feet" in w and "cut off at the bottom edge" in w for w in est.warnings), est.warnings
+
+    pair = np.concatenate([person["image"], person["image"][:, ::-1]], axis=1)   # two people side by side
+    est = estimate_person(pair, "two.png")
+    assert any("2 people" in w for w in est.warnings), est.warnings
+
+
+def test_missing_mediapipe_is_a_clear_message(monkeypatch, person):
+    from backend.estimate.person import EstimatorUnavailable
+
+    monkeypatch.setitem(sys.modules, "mediapipe", None)
+    with pytest.raises(EstimatorUnavailable, match="mediapipe 0.10.21"):
+        estimate_person(person["image"])
+
+
+def test_fit_body_from_a_photo_alone_on_the_command_line(tmp_path, person):
+    Image.fromarray(person["image"]).save(tmp_path / "me.png")
+    proc = subprocess.run([sys.executable, "-m", "backend", "fit-body", "--photo", str(tmp_path / "me.png"),
+                           "--out", str(tmp_path / "fit")], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "estimating the person's pose and mask from the photo" in proc.stdout
+    assert "lens: default (no EXIF focal length)" in proc.stdout
+    import json
+
+    report = json.loads((tmp_path / "fit" / "fit_report.json").read_text())
+    assert report["start"] == "photo" and report["mask_source"] == "estimator" and report["landmark_guides"]
+    assert report["silhouette_iou_after"] > 0.85
+    assert (tmp_path / "fit" / "mask.png").is_file() and (tmp_path / "fit" / "fitted_params.json").is_file()
