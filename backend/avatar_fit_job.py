@@ -171,8 +171,8 @@ def _mean_losses(history: list[dict]) -> dict:
 
 def run_avatar_fit(photo=None, mask=None, params=None, elicit_dir=None, body_spec="open_body", preset="quick",
                    out=Path("out/avatar.avatar"), prompt=None, clip_spec=None, lpips_weights=None,
-                   device=None, fit_body=True, resume=True, log=print, progress=None, on_step=None
-                   ) -> AvatarFitResult:
+                   device=None, fit_body=True, resume=True, log=print, progress=None, on_step=None,
+                   camera=None) -> AvatarFitResult:
     """The whole job from files. clip_spec None: no semantic prior (warned in every output)."""
     from backend.body_fit_job import run_body_fit
     from backend.inputs import betas_for_body, load_fit_inputs
@@ -187,13 +187,14 @@ def run_avatar_fit(photo=None, mask=None, params=None, elicit_dir=None, body_spe
     fitted = None
     if fit_body:
         fitted = run_body_fit(photo=photo, mask=mask, params=params, elicit_dir=elicit_dir, body_spec=body_spec,
-                              preset="full" if preset == "full" else "quick", out_dir=work, log=log, body=body)
+                              preset="full" if preset == "full" else "quick", out_dir=work, log=log, body=body,
+                              camera=camera)
         inputs, mask_img = fitted.inputs, fitted.mask
         pose, betas, transl = fitted.fit.pose, fitted.fit.betas, fitted.fit.transl
     elif params is None and elicit_dir is None:   # photo only, unrefined: the landmarks' body and mask
         from backend.body_fit_job import start_body
 
-        inputs = load_fit_inputs(photo=photo, mask=mask)
+        inputs = load_fit_inputs(photo=photo, mask=mask, camera=camera)
         start = start_body(inputs, body, log)
         mask_img = inputs.mask if inputs.mask is not None else start.estimated_mask
         pose, betas, transl = start.pose, start.betas, start.transl

@@ -109,9 +109,9 @@ def start_body(inputs: FitInputs, body: BodyModel, log=print) -> Start:
 
 
 def run_body_fit(photo=None, mask=None, params=None, elicit_dir=None, body_spec="open_body",
-                 preset="quick", out_dir=Path("out/fit"), log=print, body: BodyModel | None = None
-                 ) -> BodyFitJobResult:
-    inputs = load_fit_inputs(photo=photo, mask=mask, params=params, elicit_dir=elicit_dir)
+                 preset="quick", out_dir=Path("out/fit"), log=print, body: BodyModel | None = None,
+                 camera: PinholeCamera | None = None) -> BodyFitJobResult:
+    inputs = load_fit_inputs(photo=photo, mask=mask, params=params, elicit_dir=elicit_dir, camera=camera)
     body = load_body_model(body_spec) if body is None else body
     for note in list(inputs.warnings) + (list(inputs.params.notes) if inputs.params is not None else []):
         log(f"note: {note}")

@@ -134,13 +134,15 @@ def _client_action(c, args) -> int:
     elif args.action == "fit":
         from backend.inputs import load_fit_inputs
 
-        if args.elicit is None and (args.photo is None or args.params is None):
-            raise AvatarError("client fit needs --elicit FOLDER, or --photo and --params")
+        if args.elicit is None and args.photo is None:
+            raise AvatarError("client fit needs --photo (with optional --params) or --elicit FOLDER")
 
         inp = load_fit_inputs(photo=args.photo, mask=args.mask, params=args.params, elicit_dir=args.elicit)
         photo = (np.clip(inp.image, 0, 1) * 255).round().astype(np.uint8)
         mask = None if inp.mask is None else (inp.mask > 0.5).astype(np.uint8) * 255
-        msg_id, job, warnings = c.start_fit(photo, inp.params.pose, inp.params.transl, inp.camera, mask=mask,
+        given = inp.params is not None   # else photo only: the server estimates the body in this camera
+        msg_id, job, warnings = c.start_fit(photo, inp.params.pose if given else None,
+                                            inp.params.transl if given else None, inp.camera, mask=mask,
                                             prompt=args.prompt, preset=args.preset, name=args.name,
                                             fit_body=not args.no_body_fit)
         print(f"job {job} accepted")

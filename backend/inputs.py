@@ -527,10 +527,12 @@ def _elicit_files(folder) -> dict[str, Path | None]:
             "mask": folder / ELICIT_MASK if ELICIT_MASK in names else None}
 
 
-def load_fit_inputs(photo=None, mask=None, params=None, elicit_dir=None) -> FitInputs:
+def load_fit_inputs(photo=None, mask=None, params=None, elicit_dir=None,
+                    camera: PinholeCamera | None = None) -> FitInputs:
     """Photo + optional mask + optional body parameters, validated together. Without parameters
     the camera comes from the photo's EXIF focal length (else the default lens) and `params` is
-    None: the body is estimated from the photo (backend/body_fit_job.py).
+    None: the body is estimated from the photo (backend/body_fit_job.py). `camera` (photo only)
+    is a known camera of the photo (e.g. a Blender camera), used instead of the lens guess.
 
     `elicit_dir` supplies whichever of photo / mask / params is not given explicitly. The
     mask comes from the mask file, else from the photo's alpha, else is None (mask_source
@@ -562,6 +564,9 @@ def load_fit_inputs(photo=None, mask=None, params=None, elicit_dir=None) -> FitI
         warnings.append(f"the {source} mask marks {100 * (mask_arr >= FOREGROUND).mean():.0f}% of "
                         f"the photo as the person; is it inverted? (white must mark the person)")
     if params is None:   # photo only: the camera from EXIF (else the default lens), the body estimated later
+        if camera is not None:
+            _camera_size_matches(camera.width, camera.height, hw, photo)
+            return FitInputs(image, mask_arr, source, None, camera, photo, warnings, "given camera")
         lens = photo_lens_of(photo, hw)
         camera = PinholeCamera.from_focal(lens.focal_px, hw[1], hw[0])
         return FitInputs(image, mask_arr, source, None, camera, photo, warnings, lens.source)

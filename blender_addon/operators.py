@@ -150,7 +150,9 @@ class AVATAR_OT_frame_photo(bpy.types.Operator):
 class AVATAR_OT_create(bpy.types.Operator):
     bl_idname = "one_shot_avatar.create"
     bl_label = "Create avatar"
-    bl_description = "Fit an avatar to the photo, starting from the armature's pose, seen by the scene camera"
+    bl_description = ("Fit an avatar to the photo, seen by the scene camera. With no armature chosen the "
+                      "backend estimates the pose from the photo and Load makes the rig; with one, its pose "
+                      "is the starting point")
 
     @classmethod
     def poll(cls, context):
@@ -164,7 +166,15 @@ class AVATAR_OT_create(bpy.types.Operator):
         try:
             photo, alpha = image_pixels(s.photo)
             mask = image_pixels(s.mask)[0][..., 0] if s.mask else alpha
-            view = current_view(context)
+            if s.armature is None:
+                # photo only: the camera the photo would have had, looking at the 3D cursor; the
+                # backend estimates the body in it (so it stands where the cursor is, upright)
+                if not _camera_fits_photo(context, photo.shape[:2]):
+                    scene_setup.frame_photo(context, photo.shape[1], photo.shape[0], None)
+                view = {"pose": None, "transl": None,
+                        "camera": camera_dict(context.scene, context.scene.camera, context.evaluated_depsgraph_get())}
+            else:
+                view = current_view(context)
         except (ValueError, RuntimeError) as exc:
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
@@ -179,6 +189,16 @@ class AVATAR_OT_create(bpy.types.Operator):
                                   name=bpy.path.display_name_from_filepath(s.photo))
         s.status, s.progress = "fit queued", 0.0
         return {"FINISHED"}
+
+
+def _camera_fits_photo(context, hw) -> bool:
+    """The scene has a perspective camera and renders at the photo's size."""
+    cam = context.scene.camera
+    if cam is None or cam.type != "CAMERA" or cam.data.type != "PERSP":
+        return False
+    from .blender_camera import render_size
+
+    return render_size(context.scene)[::-1] == tuple(hw)
 
 
 class AVATAR_OT_cancel(bpy.types.Operator):

@@ -111,6 +111,8 @@ def apply_result(kind: str, payload: dict) -> None:
         if kind == "done":
             s.avatar_id = payload["avatar"]
             s.progress = 1.0
+            if s.armature is None:   # created from the photo alone: make and pose the rig now
+                runtime.connection.submit("load", avatar=payload["avatar"])
         runtime.connection.submit("list")
     elif kind == "loaded":
         _loaded(s, payload)

@@ -115,8 +115,10 @@ class ServiceClient:
     def start_fit(self, photo: np.ndarray, pose, transl, camera: dict, mask: np.ndarray | None = None,
                   betas=None, prompt: str | None = None, preset: str = "quick", fit_body: bool = True,
                   name: str | None = None) -> tuple[int, str, list[str]]:
-        """Queue a fit. Returns (request id, job id = avatar id, warnings)."""
-        fields = {"pose": _list(pose), "transl": _list(transl), "camera": _camera(camera), "preset": preset,
+        """Queue a fit. pose and transl None: photo only (the server estimates the body in
+        `camera`). Returns (request id, job id = avatar id, warnings)."""
+        fields = {"pose": None if pose is None else _list(pose), "transl": None if transl is None else _list(transl),
+                  "camera": _camera(camera), "preset": preset,
                   "fit_body": fit_body, "prompt": prompt, "name": name,
                   "betas": None if betas is None else _list(betas)}
         msg_id = self.send("fit", fields, {"photo": photo, "mask": mask})

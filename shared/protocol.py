@@ -233,13 +233,14 @@ MESSAGES = _types(
     MessageType("pong", {}),
     MessageType("heartbeat", {}, doc="either way, every few seconds while connected"),
     # fitting
-    MessageType("fit", {"pose": POSE, "transl": TRANSL, "camera": required(camera),
+    MessageType("fit", {"pose": optional(array(POSE_DIM)), "transl": optional(array(3)), "camera": required(camera),
                         "betas": optional(array(None, max_len=MAX_BETAS)),
                         "prompt": optional(string(MAX_PROMPT)), "preset": optional(string(32)),
                         "body": optional(string(200)), "fit_body": optional(boolean),
                         "name": optional(string(200))},
                 frames=("photo", "mask"),
-                doc="client -> server: photo (uint8 HxWx3|4) [+ mask uint8 HxW] + body params"),
+                doc="client -> server: photo (uint8 HxWx3|4) [+ mask uint8 HxW] + the photo's camera [+ body "
+                    "params: pose and transl together; without them the server estimates the body from the photo]"),
     MessageType("accepted", {"job": required(string(64)), "warnings": optional(list_of(string(1000), 16))},
                 doc="server -> client: a fit job is queued (its id is also the avatar's id)"),
     MessageType("progress", {"job": required(string(64)), "stage": required(string(8)),

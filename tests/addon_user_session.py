@@ -351,6 +351,27 @@ assert bpy.ops.one_shot_avatar.cancel_render() == {"FINISHED"}
 pump(lambda: s.status == "animation render stopped", 60, "the stop")
 step("long_animation")
 
+# one photo is enough: no rig chosen -> the backend estimates the pose, the rig is made and posed
+scene.frame_set(1)
+s.armature = None
+s.preset = "tiny"
+rigs_before = {o.name for o in bpy.data.objects if o.type == "ARMATURE"}
+assert bpy.ops.one_shot_avatar.create() == {"FINISHED"}
+pump(lambda: s.status.startswith("loaded avatar") and s.armature is not None, 300, "a fit from the photo alone")
+made = s.armature
+assert made.name not in rigs_before and rig.rig_kind(made) == "smpl"
+with sys.modules[f"{MOD}.shared.client"].ServiceClient(cfg["address"]) as client:
+    fitted = client.load(s.avatar_id)
+got_pose, got_transl = rig.read_pose(made, rest_joints=runtime.rest_joints(s.avatar_id))
+assert np.allclose(got_transl, fitted["transl"], atol=1e-4)
+estimated = np.reshape(fitted["pose"], (24, 3))
+print(f"photo-only pose vs the photo's: max {np.abs(estimated[1:] - pose.reshape(24, 3)[1:]).max():.2f} rad")
+assert np.abs(estimated[[16, 17, 1, 2]] - pose.reshape(24, 3)[[16, 17, 1, 2]]).max() < 0.6   # arms and legs as in the photo
+head = (made.matrix_world @ made.pose.bones["head"].head).z
+assert head > (made.matrix_world @ made.pose.bones["pelvis"].head).z + 0.3     # upright in Blender
+s.armature = arm
+step("create_from_photo_alone")
+
 # the backend goes away: a status line, the add-on keeps working and keeps retrying
 os.kill(cfg["server_pid"], 15)
 assert bpy.ops.one_shot_avatar.preview() == {"FINISHED"}
@@ -362,10 +383,11 @@ step("backend_gone_is_a_status_line")
 # -------------------------------------------------------------------------- reopen, disable
 scene.frame_end = 3
 blend = out / "scene.blend"
+chosen = s.avatar_id
 bpy.ops.wm.save_as_mainfile(filepath=str(blend))
 bpy.ops.wm.open_mainfile(filepath=str(blend))
 s = bpy.context.scene.one_shot_avatar
-assert s.avatar_id == avatar and s.armature is not None and s.status == "connected"
+assert s.avatar_id == chosen and s.armature is not None and s.status == "connected"
 assert live._on_change in bpy.app.handlers.depsgraph_update_post
 assert live._on_render_start in bpy.app.handlers.render_init
 step("reopen_keeps_settings_and_handlers")

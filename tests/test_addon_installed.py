@@ -128,5 +128,6 @@ def test_artist_path_in_the_installed_addon(built, tmp_path, open_body):
                      "preview_lines_up_with_photo", "live_preview_scrub_then_full", "timer_survives_errors",
                      "smplx_rig_drives_preview", "mixamo_rig_drives_preview", "wrong_rig_is_one_line",
                      "load_keeps_keyed_pose",
-                     "animation_render", "f12_asks_for_no_preview", "stop_frees_the_backend", "long_animation", "backend_gone_is_a_status_line",
+                     "animation_render", "f12_asks_for_no_preview", "stop_frees_the_backend", "long_animation", "create_from_photo_alone",
+                     "backend_gone_is_a_status_line",
                      "reopen_keeps_settings_and_handlers", "disable_stops_everything"], steps

@@ -15,8 +15,9 @@ from backend.inputs import load_params_json
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(*args, cwd=None):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+def run(*args, cwd=None, path_before=None):
+    """The CLI as a user runs it; path_before: a folder searched before everything (to hide a package)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(str(p) for p in (path_before, ROOT) if p))
     return subprocess.run([sys.executable, "-m", "backend", *map(str, args)], capture_output=True,
                           text=True, env=env, cwd=cwd or ROOT, timeout=600)
 
@@ -45,17 +46,27 @@ def test_fit_body_on_elicit_folder(sample, tmp_path):
     assert np.allclose(camera.K[0, 0], 1200.0)
 
 
-def test_photo_without_mask_uses_grabcut(sample, tmp_path):
+def test_photo_without_mask_uses_the_estimators_mask_or_grabcut(sample, tmp_path):
     rgb = Image.open(sample / "gt_image.png").convert("RGB")
     rgb.save(tmp_path / "photo.jpg", quality=95)
-    proc = run("fit-body", "--photo", tmp_path / "photo.jpg", "--params", sample / "gt_params.npz",
-               "--out", tmp_path / "out")
-    assert proc.returncode == 0, proc.stderr
-    assert "GrabCut" in proc.stdout
-    derived = np.asarray(Image.open(tmp_path / "out" / "mask.png")) > 127
     truth = np.asarray(Image.open(sample / "gt_mask.png")) > 127
-    assert np.logical_and(derived, truth).sum() / np.logical_or(derived, truth).sum() > 0.85
-    assert json.loads((tmp_path / "out" / "fit_report.json").read_text())["mask_source"] == "grabcut"
+    # without mediapipe (a stand-in module that fails to import, as when it is not installed)
+    hidden = tmp_path / "hidden"
+    hidden.mkdir()
+    (hidden / "mediapipe.py").write_text("raise ImportError('mediapipe is not installed here')\n")
+    sources = {"grabcut": hidden}
+    if __import__("importlib").util.find_spec("mediapipe") is not None:
+        sources["estimator"] = None
+    for source, path_before in sources.items():
+        out = tmp_path / source
+        proc = run("fit-body", "--photo", tmp_path / "photo.jpg", "--params", sample / "gt_params.npz",
+                   "--out", out, path_before=path_before)
+        assert proc.returncode == 0, proc.stderr
+        assert ("GrabCut" in proc.stdout) == (source == "grabcut")
+        derived = np.asarray(Image.open(out / "mask.png")) > 127
+        assert np.logical_and(derived, truth).sum() / np.logical_or(derived, truth).sum() > 0.85
+        report = json.loads((out / "fit_report.json").read_text())
+        assert report["mask_source"] == source and report["landmark_guides"] == (source == "estimator")
 
 
 def test_bad_input_is_one_clear_line(tmp_path):
@@ -64,7 +75,7 @@ def test_bad_input_is_one_clear_line(tmp_path):
     assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
     assert "missing" in proc.stderr
     proc = run("fit-body", "--photo", tmp_path / "x.png", "--out", tmp_path / "o")
-    assert proc.returncode == 2 and "--params" in proc.stderr
+    assert proc.returncode == 2 and "x.png" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_fit_then_render_turntable_poses_and_cameras(sample, tmp_path):

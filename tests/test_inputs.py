@@ -501,7 +501,9 @@ def test_fit_inputs_warnings(tmp_path):
 
 def test_fit_inputs_errors(tmp_path):
     photo = _save(tmp_path / "photo.png", _rgb())
-    _raises(load_fit_inputs, photo, contains=("photo.png", "no body parameters"))
+    photo_only = load_fit_inputs(photo)       # no parameters: the body is estimated later, the lens guessed
+    assert photo_only.params is None and photo_only.lens_source == "default (no EXIF focal length)"
+    assert photo_only.camera.K[0, 0] == pytest.approx(50.0 * np.hypot(W, H) / 43.2666, rel=1e-4)
     _raises(load_fit_inputs, None, contains=("no photo",))
     other = tmp_path / "params.yaml"
     other.write_text("pose: []")

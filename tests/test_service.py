@@ -283,3 +283,32 @@ def test_client_command_line(server, tmp_path):
     assert len(frames) == 2 and np.asarray(Image.open(frames[0])).shape == (96, 96, 4)
     proc = client("render", "--avatar", avatar)
     assert proc.returncode == 2 and "--poses" in proc.stderr
+
+
+def test_a_photo_alone_is_enough(server, tmp_path, subject):
+    """Photo only over the protocol: the client sends the photo and its camera, the server
+    estimates the body (landmarks, mask), fits, and `load` returns the estimated pose."""
+    pytest.importorskip("mediapipe", reason="the photo-only path needs mediapipe")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    sample = tmp_path / "sample"
+    subprocess.run([sys.executable, "-m", "backend", "sample", str(sample)], check=True, env=env, cwd=ROOT,
+                   capture_output=True)
+    proc = subprocess.run([sys.executable, "-m", "backend", "client", "fit", "--photo", str(sample / "gt_image.png"),
+                           "--preset", "tiny", "--name", "photo", "--address", server.address],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    avatar = re.search(r"avatar (\w+) done", proc.stdout).group(1)
+    truth = np.load(sample / "true_params.npz")
+    with ServiceClient(server.address, timeout=60) as c:
+        loaded = c.load(avatar)
+        # the default lens (no EXIF in the PNG): 50 mm-equivalent
+        from shared.camera import DEFAULT_FOCAL_35MM, focal_pixels
+
+        assert abs(loaded["camera"]["K"][0][0] - focal_pixels(DEFAULT_FOCAL_35MM, 512, 512)) < 1e-3
+        from scipy.spatial.transform import Rotation
+
+        turn = Rotation.from_rotvec(loaded["pose"][:3]) * Rotation.from_rotvec(truth["pose"][0, :3]).inv()
+        assert np.degrees(turn.magnitude()) < 20       # upright, facing the camera, as in the photo
+        assert np.abs(np.asarray(loaded["pose"][3:])).max() > 0.2   # not a rest pose: the photo's
+        with pytest.raises(ServiceError, match="pose and transl together"):
+            c.start_fit(subject["photo"], subject["pose"], None, subject["camera"], preset="tiny")

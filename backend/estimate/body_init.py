@@ -169,9 +169,30 @@ def _limits():
 
 def init_body(body: BodyModel, est: PersonEstimate, camera: PinholeCamera, betas=None,
               iterations: int = 120) -> BodyInit:
-    """Pose, translation and (given or average) shape of `body` matching the landmarks."""
-    if not np.allclose(camera.R, np.eye(3)) or not np.allclose(camera.t, 0.0):
-        raise ValueError("init_body works in the photo camera's frame (R = I, t = 0)")
+    """Pose, translation and (given or average) shape of `body` matching the landmarks, in
+    `camera`'s world (solved in the camera's own frame, then carried into its world)."""
+    own = PinholeCamera(camera.K, np.eye(3), np.zeros(3), camera.width, camera.height)
+    init = _init_in_camera_frame(body, est, own, betas, iterations)
+    pose, transl = to_world(body, init.pose, init.betas, init.transl, camera)
+    return BodyInit(pose, transl, init.betas, pose_guides(est, camera))
+
+
+def to_world(body: BodyModel, pose, betas, transl, camera: PinholeCamera) -> tuple[np.ndarray, np.ndarray]:
+    """A body posed in the camera's frame -> the same body in the camera's world. With
+    x_cam = R0 (x - J0) + J0 + t_cam and x_world = R^T (x_cam - t): R0' = R^T R0 and
+    J0 + t' = R^T (J0 + t_cam - t)."""
+    from scipy.spatial.transform import Rotation
+
+    R, t = camera.R, camera.t
+    with torch.no_grad():
+        J0 = body.rest(torch.as_tensor(np.asarray(betas, np.float32)))[1][0, 0].numpy().astype(np.float64)
+    pose = np.array(pose, dtype=np.float64)
+    pose[:3] = Rotation.from_matrix(R.T @ Rotation.from_rotvec(pose[:3]).as_matrix()).as_rotvec()
+    return pose, R.T @ (J0 + np.asarray(transl) - t) - J0
+
+
+def _init_in_camera_frame(body: BodyModel, est: PersonEstimate, camera: PinholeCamera, betas,
+                          iterations: int) -> BodyInit:
     guides = pose_guides(est, camera)
     betas_t = torch.zeros(body.num_betas) if betas is None else torch.as_tensor(np.asarray(betas, np.float32))
     limit = _limits()

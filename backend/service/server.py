@@ -210,6 +210,8 @@ class Server:
             raise P.ProtocolError(P.BAD_FIELD, f"fit.preset: {preset!r} is not one of {', '.join(self.worker.presets)}")
         if (f["body"] or "open_body") != "open_body":
             raise P.ProtocolError(P.BAD_FIELD, "fit.body: this server offers only the built-in 'open_body'")
+        if (f["pose"] is None) != (f["transl"] is None):
+            raise P.ProtocolError(P.BAD_FIELD, "fit: give pose and transl together, or neither (photo only)")
         camera = PinholeCamera(cam["K"], cam["R"], cam["t"], cam["width"], cam["height"])
         job = {"preset": preset, "prompt": f["prompt"] or "", "name": f["name"] or "", "body": "open_body",
                "fit_body": True if f["fit_body"] is None else f["fit_body"]}

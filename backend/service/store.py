@@ -2,7 +2,8 @@
 
     <store>/<id>/job.json      what was asked (preset, prompt, name, ...), written first
     <store>/<id>/photo.png     the photo (and mask.png when one was sent)
-    <store>/<id>/params.json   body parameters + camera (docs/inputs.md format)
+    <store>/<id>/params.json   body parameters + camera (docs/inputs.md format), or
+    <store>/<id>/camera.json   the camera alone (photo only: the body is estimated by the fit)
     <store>/<id>/avatar.avatar the avatar: written atomically, also the fit's checkpoint
 
 Everything an interrupted fit needs to resume is on disk before it starts, so after a restart
@@ -56,10 +57,13 @@ class AvatarStore:
         Image.fromarray(np.ascontiguousarray(photo)).save(folder / "photo.png")
         if mask is not None:
             Image.fromarray(np.ascontiguousarray(mask)).save(folder / "mask.png")
-        betas = np.zeros(0) if betas is None else np.asarray(betas, dtype=np.float64)
-        params = BodyParams(np.asarray(pose, np.float64), betas, np.asarray(transl, np.float64),
-                            source_model=job.get("body", "open_body"))
-        write_params_json(folder / "params.json", params, camera)
+        if pose is None:   # photo only: the worker estimates the body in this camera
+            _write_json(folder / "camera.json", camera.to_dict())
+        else:
+            betas = np.zeros(0) if betas is None else np.asarray(betas, dtype=np.float64)
+            params = BodyParams(np.asarray(pose, np.float64), betas, np.asarray(transl, np.float64),
+                                source_model=job.get("body", "open_body"))
+            write_params_json(folder / "params.json", params, camera)
         _write_json(folder / "job.json", {**job, "created": time.time()})  # last: the id now exists
         return avatar_id
 
@@ -77,6 +81,7 @@ class AvatarStore:
 
     def inputs(self, avatar_id: str) -> dict:
         folder = self.folder(avatar_id)
-        mask = folder / "mask.png"
+        mask, params, camera = folder / "mask.png", folder / "params.json", folder / "camera.json"
         return {"photo": folder / "photo.png", "mask": mask if mask.exists() else None,
-                "params": folder / "params.json"}
+                "params": params if params.exists() else None,
+                "camera": PinholeCamera.from_dict(json.loads(camera.read_text())) if camera.exists() else None}

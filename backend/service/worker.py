@@ -260,7 +260,7 @@ class Worker(threading.Thread):
                                     body_spec=meta.get("body", "open_body"), preset=meta["preset"],
                                     out=self.store.avatar_path(job.avatar_id), prompt=meta.get("prompt") or None,
                                     clip_spec=self._clip_spec(), device=self.device,
-                                    fit_body=meta.get("fit_body", True), resume=True,
+                                    fit_body=meta.get("fit_body", True), resume=True, camera=inputs["camera"],
                                     log=lambda m: log.info("%s: %s", job.avatar_id, m),
                                     progress=progress, on_step=on_step)
         except FitCancelled:
