@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from backend.body.fitting import FitConfig, FitResult, fit_body_to_mask, silhouette_iou, wrap_angles
-from backend.body.grabcut import grabcut_mask
+from backend.body.grabcut import grabcut_mask, sharpen_person_mask
 from backend.body.model import BodyModel, load_body_model
 from backend.inputs import BodyParams, FitInputs, betas_for_body, load_fit_inputs, write_params_json
 from backend.render.raster import camera_tensors, hard_silhouette
@@ -93,7 +93,8 @@ def start_body(inputs: FitInputs, body: BodyModel, log=print) -> Start:
         for w in est.warnings:
             log(f"warning: {w}")
         init = init_body(body, est, inputs.camera)
-        return Start(init.pose, init.betas, init.transl, init.guides, est.mask, "photo")
+        return Start(init.pose, init.betas, init.transl, init.guides, sharpen_person_mask(inputs.image, est.mask),
+                     "photo")
     start = Start(np.asarray(inputs.params.pose), _given_betas(inputs, body), np.asarray(inputs.params.transl))
     try:
         from backend.estimate.body_init import pose_guides
@@ -105,7 +106,8 @@ def start_body(inputs: FitInputs, body: BodyModel, log=print) -> Start:
     except NoPersonError:
         log("note: the pose estimator found no person; refining the given parameters by the silhouette alone")
         return start
-    return dataclasses.replace(start, guides=pose_guides(est, inputs.camera), estimated_mask=est.mask)
+    return dataclasses.replace(start, guides=pose_guides(est, inputs.camera),
+                               estimated_mask=sharpen_person_mask(inputs.image, est.mask))
 
 
 def run_body_fit(photo=None, mask=None, params=None, elicit_dir=None, body_spec="open_body",

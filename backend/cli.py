@@ -194,7 +194,7 @@ def _cmd_demo(args) -> int:
     from backend.sample_subject import write_sample_subject
 
     body = load_body_model("open_body")
-    sample = DEFAULT_CACHE / "samples" / f"default-{body.identity}"
+    sample = DEFAULT_CACHE / "samples" / f"default-v2-{body.identity}"   # v2: the photo carries EXIF
     if not (sample / "gt_params.npz").is_file():
         print(f"generating the built-in sample subject in {sample}")
         write_sample_subject(body, sample)

@@ -109,7 +109,8 @@ def run_demo(sample: Path, out_dir: Path, body: BodyModel, preset: str = "quick"
     out_dir = Path(out_dir)
     device = resolve_device(device)
     progress = ProgressPrinter(every=50)
-    result = run_avatar_fit(elicit_dir=sample, body_spec="open_body", preset=preset,
+    # from the photo alone: its EXIF lens, the person's landmarks and mask, nothing else
+    result = run_avatar_fit(photo=sample / "gt_image.png", body_spec="open_body", preset=preset,
                             out=out_dir / "avatar.avatar", clip_spec=clip_spec, lpips_weights=lpips_weights,
                             device=device, log=log, progress=progress)
     progress.close()

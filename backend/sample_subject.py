@@ -113,8 +113,25 @@ def textured_background(size: int, rng: np.random.Generator) -> np.ndarray:
     return np.clip(base + rng.normal(0, 0.02, base.shape), 0, 1)
 
 
+def camera_exif(focal_px: float, side: int, focal_mm: int = 50) -> Image.Exif:
+    """EXIF as a camera writes it (focal length + sensor resolution), saying that the photo was
+    taken with a focal length of `focal_px` pixels: the photo-only path reads it back
+    (backend.estimate.exif), as it would from a real camera's file."""
+    from PIL.TiffImagePlugin import IFDRational
+
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0110] = "One-Shot Avatar", "sample subject renderer"   # Make, Model
+    ifd = exif.get_ifd(0x8769)
+    ifd[0x920A] = IFDRational(focal_mm, 1)                                    # FocalLength, mm
+    ifd[0xA20E] = ifd[0xA20F] = IFDRational(round(focal_px * 1000), focal_mm * 1000)  # pixels per mm
+    ifd[0xA210] = 4                                                           # unit: mm
+    ifd[0xA002] = ifd[0xA003] = side                                          # PixelX/YDimension
+    return exif
+
+
 def write_sample_subject(body: BodyModel, folder: Path, seed: int = 0) -> Path:
-    """Write gt_image.png, gt_mask.png, gt_params.npz (rough) and true_params.npz into folder."""
+    """Write gt_image.png (with the camera's EXIF), gt_mask.png, gt_params.npz (rough) and
+    true_params.npz into folder."""
     rng = np.random.default_rng(seed)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -124,7 +141,7 @@ def write_sample_subject(body: BodyModel, folder: Path, seed: int = 0) -> Path:
     transl = frame_body(body, pose, betas, DISTANCE)
     camera = PinholeCamera.from_focal(FOCAL, SIZE, SIZE)
     rgb, mask = render_flat(body, pose, betas, transl, camera, textured_background(SIZE, rng))
-    Image.fromarray((rgb * 255).round().astype(np.uint8)).save(folder / "gt_image.png")
+    Image.fromarray((rgb * 255).round().astype(np.uint8)).save(folder / "gt_image.png", exif=camera_exif(FOCAL, SIZE))
     Image.fromarray((mask * 255).astype(np.uint8)).save(folder / "gt_mask.png")
     np.savez(folder / "gt_params.npz", pose=rough_estimate(pose, rng)[None], shape=np.zeros((1, 10)),
              global_t=(transl + rng.uniform(-0.04, 0.04, 3))[None], focal_l=np.float64(FOCAL))

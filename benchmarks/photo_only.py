@@ -33,6 +33,7 @@ def orientation_error_deg(pose, true_pose) -> float:
 
 def evaluate(body, name, image, true_mask, camera, truth, rough=None, preset="quick") -> list[dict]:
     from backend.body.fitting import FitConfig, fit_body_to_mask, joint_error_mm, silhouette_iou
+    from backend.body.grabcut import sharpen_person_mask
     from backend.estimate.body_init import init_body
     from backend.estimate.person import estimate_person
 
@@ -56,9 +57,10 @@ def evaluate(body, name, image, true_mask, camera, truth, rough=None, preset="qu
     t_init = time.perf_counter() - t
     start = (init.pose, init.betas, init.transl)
     row("photo: landmarks only", *start, None, t_init)
+    mask = sharpen_person_mask(image, est.mask)          # what the product fits to (backend/body_fit_job.py)
     for label, guides in (("photo: + silhouette", None), ("photo: + silhouette + guides", init.guides)):
         t = time.perf_counter()
-        fit = fit_body_to_mask(body, est.mask, camera, *start, config, guides=guides)
+        fit = fit_body_to_mask(body, mask, camera, *start, config, guides=guides)
         row(label, fit.pose, fit.betas, fit.transl, start, t_init + time.perf_counter() - t)
     return rows
 

@@ -301,10 +301,10 @@ def test_a_photo_alone_is_enough(server, tmp_path, subject):
     truth = np.load(sample / "true_params.npz")
     with ServiceClient(server.address, timeout=60) as c:
         loaded = c.load(avatar)
-        # the default lens (no EXIF in the PNG): 50 mm-equivalent
-        from shared.camera import DEFAULT_FOCAL_35MM, focal_pixels
+        # the lens the sample's PNG states in its EXIF, read by the client
+        from backend.sample_subject import FOCAL
 
-        assert abs(loaded["camera"]["K"][0][0] - focal_pixels(DEFAULT_FOCAL_35MM, 512, 512)) < 1e-3
+        assert abs(loaded["camera"]["K"][0][0] - FOCAL) < 1e-3
         from scipy.spatial.transform import Rotation
 
         turn = Rotation.from_rotvec(loaded["pose"][:3]) * Rotation.from_rotvec(truth["pose"][0, :3]).inv()

@@ -42,8 +42,10 @@ class FitConfig:
     # overlap. Keypoints: squared reprojection error in units of the photo's long side; bones:
     # 1 - cos of the angle to the landmarks' 3D bone directions; orientation: the squared angle
     # (radians) by which the global rotation turns more than free_turn_deg from its start.
-    keypoint: float = 30.0
-    bone_direction: float = 1.0
+    # (weights chosen on the benchmark's 6 subjects: keypoint 10 / bone 0.3 beat 30 / 1 and
+    # 3 / 0.1 on mean MPJPE, worst MPJPE, worst orientation and worst IoU; docs/benchmark.md)
+    keypoint: float = 10.0
+    bone_direction: float = 0.3
     orientation_prior: float = 10.0
     free_turn_deg: float = 10.0
 

@@ -77,3 +77,29 @@ def grabcut_mask(image: np.ndarray, body_silhouette: np.ndarray, iterations: int
     if not 0.5 <= area_ratio <= 2.5:
         warnings.append(f"the GrabCut mask covers {area_ratio:.1f}x the body's area; check it before fitting")
     return MaskResult(mask.astype(np.float32), iou, not warnings, warnings)
+
+
+def sharpen_person_mask(image: np.ndarray, soft: np.ndarray) -> np.ndarray:
+    """A segmentation network's soft person mask (H, W) in [0, 1] -> a sharper {0, 1} mask.
+
+    Such masks come from a low-resolution model and are blurry at the outline; GrabCut decides
+    a thin band around the outline from the photo's own colours. Measured against true masks of
+    the benchmark's 6 subjects and the sample (MediaPipe's mask): IoU 0.967-0.978 -> 0.975-0.999
+    (benchmarks/photo_only.py lists the estimate per subject)."""
+    H, W = soft.shape
+    scale = min(1.0, WORK_SIDE / max(H, W))
+    size = (max(1, round(W * scale)), max(1, round(H * scale)))
+    img = cv2.resize((np.clip(image, 0, 1) * 255).astype(np.uint8), size, interpolation=cv2.INTER_AREA)
+    person = (cv2.resize(soft.astype(np.float32), size, interpolation=cv2.INTER_LINEAR) > 0.5).astype(np.uint8)
+    if person.sum() < 16:
+        return (soft > 0.5).astype(np.float32)
+    k = max(3, round(0.01 * max(size))) | 1
+    seed = np.full(person.shape, cv2.GC_PR_BGD, np.uint8)
+    seed[person > 0] = cv2.GC_PR_FGD
+    seed[cv2.erode(person, np.ones((k, k), np.uint8)) > 0] = cv2.GC_FGD
+    seed[cv2.dilate(person, np.ones((3 * k, 3 * k), np.uint8)) == 0] = cv2.GC_BGD
+    bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    cv2.setRNGSeed(0)
+    cv2.grabCut(cv2.cvtColor(img, cv2.COLOR_RGB2BGR), seed, None, bgd, fgd, 5, cv2.GC_INIT_WITH_MASK)
+    small = np.isin(seed, (cv2.GC_FGD, cv2.GC_PR_FGD)).astype(np.uint8)
+    return cv2.resize(small, (W, H), interpolation=cv2.INTER_NEAREST).astype(np.float32)
