@@ -40,6 +40,9 @@ class ServiceClient:
         self.ctx = zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
+        # A DEALER blocks a send while it has no peer (a refused CurveZMQ handshake drops the
+        # peer): bound it like every wait, so a wrong key is a TimeoutError, never a hang.
+        self.sock.setsockopt(zmq.SNDTIMEO, max(1, int(timeout * 1000)))
         if server_key is not None:
             from zmq import auth as zmq_auth
 
@@ -69,9 +72,16 @@ class ServiceClient:
 
     def send(self, type_: str, fields: dict | None = None, frames: dict | None = None) -> int:
         msg_id = next(self._ids)
-        self.sock.send_multipart(P.encode(type_, fields, frames, id=msg_id))
-        self._last_sent = time.monotonic()
+        self._send(P.encode(type_, fields, frames, id=msg_id))
         return msg_id
+
+    def _send(self, parts: list[bytes]) -> None:
+        try:
+            self.sock.send_multipart(parts)
+        except zmq.Again:
+            raise TimeoutError(f"the backend does not take messages within {self.timeout} s (not running, "
+                               f"or it refused this client's keys)") from None
+        self._last_sent = time.monotonic()
 
     def receive(self, msg_id: int, timeout: float | None = None) -> P.Message:
         """The next message answering request `msg_id` (heartbeats and others are skipped)."""
@@ -79,8 +89,7 @@ class ServiceClient:
         while True:
             now = time.monotonic()
             if now - self._last_sent > self.HEARTBEAT_S:
-                self.sock.send_multipart(P.encode("heartbeat"))
-                self._last_sent = now
+                self._send(P.encode("heartbeat"))
             left = deadline - now
             if left <= 0:
                 raise TimeoutError(f"no answer from the backend within {self.timeout if timeout is None else timeout} s")

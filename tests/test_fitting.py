@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from backend.body.fitting import FitConfig, FitStage, _joint_limit_penalty, fit_body_to_mask, silhouette_iou
+from backend.body.fitting import FitConfig, FitStage, joint_limit_penalty, fit_body_to_mask, silhouette_iou
 from backend.body_fit_job import body_silhouette
 from backend.sample_subject import FOCAL, subject_pose
 from shared.camera import PinholeCamera
@@ -39,14 +39,14 @@ def test_recovers_perturbed_pose(open_body, scene):
 
 def test_joint_limits_penalise_backward_knees_only():
     pose = torch.zeros(69)
-    assert float(_joint_limit_penalty(pose)) == 0.0
+    assert float(joint_limit_penalty(pose)) == 0.0
     flexed = pose.clone(); flexed[3 * (J["left_knee"] - 1)] = 1.0   # a normal knee bend
     hyper = pose.clone(); hyper[3 * (J["left_knee"] - 1)] = -1.0    # bent backwards
-    assert float(_joint_limit_penalty(flexed)) == 0.0
-    assert float(_joint_limit_penalty(hyper)) > 0.5
+    assert float(joint_limit_penalty(flexed)) == 0.0
+    assert float(joint_limit_penalty(hyper)) > 0.5
     elbow_ok = pose.clone(); elbow_ok[3 * (J["left_elbow"] - 1) + 1] = -1.0
     elbow_bad = pose.clone(); elbow_bad[3 * (J["left_elbow"] - 1) + 1] = 1.0
-    assert float(_joint_limit_penalty(elbow_ok)) == 0.0 < float(_joint_limit_penalty(elbow_bad))
+    assert float(joint_limit_penalty(elbow_ok)) == 0.0 < float(joint_limit_penalty(elbow_bad))
 
 
 def test_mask_size_must_match_camera(open_body, scene):

@@ -114,7 +114,7 @@ def soft_target(mask: np.ndarray, camera: PinholeCamera, long_side: int, sigma: 
     return torch.sigmoid(torch.from_numpy(small) / sigma), cam
 
 
-def _joint_limit_penalty(body_pose: torch.Tensor) -> torch.Tensor:
+def joint_limit_penalty(body_pose: torch.Tensor) -> torch.Tensor:
     """Hinge joints (knees, elbows) rotate about one axis and one way only.
 
     SMPL frames at rest: a knee flexes with a positive rotation about +X; the left elbow with
@@ -193,7 +193,7 @@ def fit_body_to_mask(body: BodyModel, mask: np.ndarray, camera: PinholeCamera, p
             with torch.no_grad():
                 soft_iou = (alpha * target).sum() / (alpha + target - alpha * target).sum()
             loss = loss + config.pose_prior * ((body_pose - pose0[3:]) ** 2).sum()
-            loss = loss + config.joint_limit * _joint_limit_penalty(body_pose)
+            loss = loss + config.joint_limit * joint_limit_penalty(body_pose)
             loss = loss + config.shape_prior * (betas ** 2).sum()
             loss = loss + config.depth_prior * (transl[2] - transl0[2]) ** 2
             if guides is not None:

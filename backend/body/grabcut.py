@@ -30,6 +30,14 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.logical_and(a, b).sum() / union) if union else 0.0
 
 
+def _grabcut(rgb8: np.ndarray, seed: np.ndarray, iterations: int) -> np.ndarray:
+    """GrabCut from a seed of GC_* labels (changed in place) -> (h, w) uint8 {0, 1} foreground."""
+    bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    cv2.setRNGSeed(0)  # GrabCut's GMM initialisation is random: keep masks reproducible
+    cv2.grabCut(cv2.cvtColor(rgb8, cv2.COLOR_RGB2BGR), seed, None, bgd, fgd, iterations, cv2.GC_INIT_WITH_MASK)
+    return np.isin(seed, (cv2.GC_FGD, cv2.GC_PR_FGD)).astype(np.uint8)
+
+
 def grabcut_mask(image: np.ndarray, body_silhouette: np.ndarray, iterations: int = 5) -> MaskResult:
     """image (H, W, 3) float in [0, 1]; body_silhouette (H, W) bool from the initial parameters."""
     H, W = body_silhouette.shape
@@ -57,10 +65,7 @@ def grabcut_mask(image: np.ndarray, body_silhouette: np.ndarray, iterations: int
     seed[sil > 0] = cv2.GC_PR_FGD
     seed[sure_fg > 0] = cv2.GC_FGD
 
-    bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
-    cv2.setRNGSeed(0)  # GrabCut's GMM initialisation is random: keep masks reproducible
-    cv2.grabCut(cv2.cvtColor(img, cv2.COLOR_RGB2BGR), seed, None, bgd, fgd, iterations, cv2.GC_INIT_WITH_MASK)
-    small = np.isin(seed, (cv2.GC_FGD, cv2.GC_PR_FGD)).astype(np.uint8)
+    small = _grabcut(img, seed, iterations)
     # Keep the component(s) touching the sure foreground: drop background specks.
     n, labels = cv2.connectedComponents(small)
     keep = np.unique(labels[(sure_fg > 0) & (small > 0)])
@@ -98,8 +103,5 @@ def sharpen_person_mask(image: np.ndarray, soft: np.ndarray) -> np.ndarray:
     seed[person > 0] = cv2.GC_PR_FGD
     seed[cv2.erode(person, np.ones((k, k), np.uint8)) > 0] = cv2.GC_FGD
     seed[cv2.dilate(person, np.ones((3 * k, 3 * k), np.uint8)) == 0] = cv2.GC_BGD
-    bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
-    cv2.setRNGSeed(0)
-    cv2.grabCut(cv2.cvtColor(img, cv2.COLOR_RGB2BGR), seed, None, bgd, fgd, 5, cv2.GC_INIT_WITH_MASK)
-    small = np.isin(seed, (cv2.GC_FGD, cv2.GC_PR_FGD)).astype(np.uint8)
+    small = _grabcut(img, seed, 5)
     return cv2.resize(small, (W, H), interpolation=cv2.INTER_NEAREST).astype(np.float32)

@@ -21,6 +21,7 @@ import dataclasses
 import numpy as np
 import torch
 
+from backend.body.fitting import joint_limit_penalty
 from backend.body.model import BodyModel
 from backend.estimate.person import LANDMARKS, VISIBLE, PersonEstimate
 from shared.camera import PinholeCamera
@@ -161,12 +162,6 @@ def solve_translation(joints: np.ndarray, guides: PoseGuides, camera: PinholeCam
     return t
 
 
-def _limits():
-    from backend.body.fitting import _joint_limit_penalty
-
-    return _joint_limit_penalty
-
-
 def init_body(body: BodyModel, est: PersonEstimate, camera: PinholeCamera, betas=None,
               iterations: int = 120) -> BodyInit:
     """Pose, translation and (given or average) shape of `body` matching the landmarks, in
@@ -195,7 +190,7 @@ def _init_in_camera_frame(body: BodyModel, est: PersonEstimate, camera: PinholeC
                           iterations: int) -> BodyInit:
     guides = pose_guides(est, camera)
     betas_t = torch.zeros(body.num_betas) if betas is None else torch.as_tensor(np.asarray(betas, np.float32))
-    limit = _limits()
+    limit = joint_limit_penalty
     global_orient = torch.as_tensor(axis_angle(torso_rotation(est)), dtype=torch.float32).requires_grad_(True)
     body_pose = torch.zeros(69, requires_grad=True)
     opt = torch.optim.Adam([global_orient, body_pose], lr=0.05)
