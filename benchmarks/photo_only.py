@@ -2,7 +2,7 @@
 
     bash scripts/env.sh python benchmarks/photo_only.py [--subjects 6] [--preset quick] [--json out.json]
 
-For the quality benchmark's Cycles-rendered subjects (and the built-in sample), from the photo
+For the quality benchmark's Cycles-rendered subjects, from the photo
 alone: MediaPipe landmarks and mask -> body initialisation -> silhouette refinement, with and
 without the landmark guides, against the rough parameters the benchmark hands the fit today.
 Reports MPJPE (pelvis-aligned, mm) before and after refinement, the global orientation error
