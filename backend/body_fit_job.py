@@ -65,7 +65,7 @@ class Start:
     betas: np.ndarray
     transl: np.ndarray
     guides: object = None              # backend.estimate.body_init.PoseGuides, when landmarks were found
-    estimated_mask: np.ndarray | None = None
+    estimated_mask: np.ndarray | None = None   # only when no mask or alpha was given
     source: str = "params"             # "params" or "photo"
 
 
@@ -75,6 +75,11 @@ def _given_betas(inputs: FitInputs, body: BodyModel) -> np.ndarray:
     if betas0.shape[0] < body.num_betas:
         betas0 = np.pad(betas0, (0, body.num_betas - betas0.shape[0]))
     return betas0
+
+
+def _person_mask(inputs: FitInputs, est) -> np.ndarray | None:
+    """The estimator's mask, sharpened (a GrabCut pass), only where no mask or alpha was given."""
+    return sharpen_person_mask(inputs.image, est.mask) if inputs.mask is None else None
 
 
 def start_body(inputs: FitInputs, body: BodyModel, log=print) -> Start:
@@ -93,8 +98,7 @@ def start_body(inputs: FitInputs, body: BodyModel, log=print) -> Start:
         for w in est.warnings:
             log(f"warning: {w}")
         init = init_body(body, est, inputs.camera)
-        return Start(init.pose, init.betas, init.transl, init.guides, sharpen_person_mask(inputs.image, est.mask),
-                     "photo")
+        return Start(init.pose, init.betas, init.transl, init.guides, _person_mask(inputs, est), "photo")
     start = Start(np.asarray(inputs.params.pose), _given_betas(inputs, body), np.asarray(inputs.params.transl))
     try:
         from backend.estimate.body_init import pose_guides
@@ -106,8 +110,7 @@ def start_body(inputs: FitInputs, body: BodyModel, log=print) -> Start:
     except NoPersonError:
         log("note: the pose estimator found no person; refining the given parameters by the silhouette alone")
         return start
-    return dataclasses.replace(start, guides=pose_guides(est, inputs.camera),
-                               estimated_mask=sharpen_person_mask(inputs.image, est.mask))
+    return dataclasses.replace(start, guides=pose_guides(est, inputs.camera), estimated_mask=_person_mask(inputs, est))
 
 
 def run_body_fit(photo=None, mask=None, params=None, elicit_dir=None, body_spec="open_body",

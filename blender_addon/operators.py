@@ -10,8 +10,9 @@ import bpy
 import numpy as np
 
 from . import preferences, rig, scene_setup
-from .blender_camera import camera_dict
+from .blender_camera import camera_dict, render_size
 from .connection import Connection, check_keys, is_local_address
+from .results import start_timer
 from .runtime import runtime
 from .shared.camera import MAX_IMAGE_SIDE, MIN_IMAGE_SIDE
 
@@ -103,8 +104,6 @@ class AVATAR_OT_connect(bpy.types.Operator):
         runtime.connection = Connection(address, timeout=p.timeout_s, server_key=server_key, client_key=client_key)
         runtime.connection.submit("list")
         settings(context).status = f"connecting to {address}"
-        from .results import start_timer
-
         start_timer()
         return {"FINISHED"}
 
@@ -196,8 +195,6 @@ def _camera_fits_photo(context, hw) -> bool:
     cam = context.scene.camera
     if cam is None or cam.type != "CAMERA" or cam.data.type != "PERSP":
         return False
-    from .blender_camera import render_size
-
     return render_size(context.scene)[::-1] == tuple(hw)
 
 

@@ -154,8 +154,8 @@ def fit_body_to_mask(body: BodyModel, mask: np.ndarray, camera: PinholeCamera, p
                      transl0=None, config: FitConfig | None = None,
                      progress: Callable[[dict], None] | None = None, guides=None) -> FitResult:
     """Optimise global orientation, translation, body pose and shape to the mask (H, W) in [0, 1].
-    `guides` (backend.estimate.body_init.PoseGuides, camera at the world origin) add the landmark
-    terms of FitConfig, so overlap is never bought with a wrong 3D pose."""
+    `guides` (backend.estimate.body_init.PoseGuides for this camera) add the landmark terms of
+    FitConfig, so overlap is never bought with a wrong 3D pose."""
     config = config or FitConfig.preset("quick")
     if mask.shape != (camera.height, camera.width):
         raise ValueError(f"mask is {mask.shape[1]}x{mask.shape[0]} but the camera is {camera.width}x{camera.height}")
