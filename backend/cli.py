@@ -78,15 +78,18 @@ def _cmd_serve(args) -> int:
     import logging
 
     from backend.service.server import CurveKeys, Server, ServerConfig
+    from backend.service.store import StoreInUse
+    from backend.service.limits import WorkerLimits
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     curve = None
     if args.curve is not None:
         curve = CurveKeys(args.curve / "server.key_secret", args.curve / "clients")
     try:
+        limits = WorkerLimits(max_queued_fits=args.max_queued_fits, stream_ack_timeout_s=args.stream_ack_timeout)
         server = Server(ServerConfig(store=args.store, bind=args.bind, port=args.port, device=args.device, curve=curve,
-                                     preview_every=args.preview_every))
-    except ValueError as exc:
+                                     preview_every=args.preview_every, limits=limits))
+    except (ValueError, StoreInUse) as exc:
         raise AvatarError(str(exc)) from None
     print(f"serving on tcp://{args.bind}:{server.port} (store {args.store}, device {server.worker.device}"
           f"{', CurveZMQ' if curve else ''})", flush=True)
@@ -101,11 +104,22 @@ def _cmd_keys(args) -> int:
     import zmq.auth
 
     folder = args.folder
-    (folder / "clients").mkdir(parents=True, exist_ok=True)
-    zmq.auth.create_certificates(str(folder), "server")
-    for name in args.client:
-        zmq.auth.create_certificates(str(folder), name)
-        (folder / f"{name}.key").replace(folder / "clients" / f"{name}.key")  # the server allows these
+    names = ["server", *args.client]
+    existing = [str(f) for n in names for f in (folder / f"{n}.key_secret", folder / f"{n}.key",
+                                                   folder / "clients" / f"{n}.key") if f.exists()]
+    if existing:   # a key in use is never overwritten: its clients would be locked out
+        raise AvatarError(f"keys exist already: {', '.join(existing)}; remove them first or choose another folder")
+    # secret keys are readable by their owner only (0600, folder 0700), from the moment they exist
+    old_umask = os.umask(0o077)
+    try:
+        (folder / "clients").mkdir(parents=True, exist_ok=True)
+        os.chmod(folder, 0o700)
+        for name in names:
+            zmq.auth.create_certificates(str(folder), name)
+            if name != "server":
+                (folder / f"{name}.key").replace(folder / "clients" / f"{name}.key")  # the server allows these
+    finally:
+        os.umask(old_umask)
     print(f"wrote {folder}/server.key_secret (keep on the server), {folder}/server.key (give to clients) and, "
           f"per client, <name>.key_secret (keep on the client) with its public key in {folder}/clients/")
     return 0
@@ -290,6 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_prior_args(demo)
     demo.set_defaults(func=_cmd_demo)
 
+    from backend.service.limits import WorkerLimits
+
     serve = sub.add_parser("serve", help="run the backend service")
     serve.add_argument("--store", type=Path, default=DEFAULT_CACHE / "avatars", help="where avatars are kept")
     serve.add_argument("--bind", default="127.0.0.1", help="interface; anything but localhost needs --curve")
@@ -297,6 +313,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     serve.add_argument("--curve", type=Path, help="folder made by 'keys': server.key_secret + clients/")
     serve.add_argument("--preview-every", type=int, default=25, help="fit iterations between preview images")
+    serve.add_argument("--max-queued-fits", type=int, default=WorkerLimits.max_queued_fits,
+                       help="fits waiting beyond this are refused with 'busy'")
+    serve.add_argument("--stream-ack-timeout", type=float, default=WorkerLimits.stream_ack_timeout_s,
+                       help="seconds a render stream waits for its client's ack before it is stopped")
     serve.set_defaults(func=_cmd_serve)
 
     keys = sub.add_parser("keys", help="make CurveZMQ certificates for remote use")
@@ -339,7 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--cache", type=Path, help="where rendered subjects are kept (default: the cache dir)")
     bench.add_argument("--body", default="true", choices=["true", "fitted"],
                        help="body parameters the methods start from: the true ones (ELICIT's protocol) or "
-                            "ours fitted to the photo; the full method runs on both either way")
+                            "ours fitted to the photo; the full method runs on both either way (the rows "
+                            "on the body from the photo alone, full_photo_body and projection_photo_body, "
+                            "run when named in --methods)")
     bench.add_argument("--resume", action="store_true",
                        help="keep the subjects a previous run with the same settings finished in --out")
     bench.add_argument("--keep-avatars", action="store_true", help="keep every fitted .avatar under --out/work")

@@ -4,7 +4,10 @@ A daemon thread owns the backend socket (shared.client.ServiceClient); operators
 to it and a `bpy.app.timers` callback applies what comes back (`Connection.drain`). Renders for
 the live preview replace each other while waiting (only the newest pose/camera matters, stale
 frames are never drawn). An unreachable backend is retried with backoff and reported in one
-status line, never as a traceback.
+status line, never as a traceback. A backend that dies mid-fit or mid-stream is noticed by its
+missing heartbeats (shared/protocol.py HEARTBEAT_*): the thread reconnects, posts "lost" (the
+panel drops the running fit or stream and says so) and, once back, "welcome" (the panel
+re-lists the avatars: a restarted backend resumes unfinished fits).
 """
 from __future__ import annotations
 
@@ -145,7 +148,7 @@ class Connection:
                     client.close()
                     client = None
                     self.status = f"backend stopped answering ({exc}); reconnecting"
-                    self._post("status", text=self.status)
+                    self._post("lost", text=self.status)
                 except (ServiceError, ProtocolError) as exc:   # a refused request: the connection is fine
                     self._post("error", text=f"{exc.code}: {exc.message}")
                 except Exception as exc:  # noqa: BLE001 - the thread must outlive any one failure
@@ -153,7 +156,7 @@ class Connection:
                     client.close()
                     client = None
                     self.status = f"connection error ({type(exc).__name__}: {exc}); reconnecting"
-                    self._post("status", text=self.status)
+                    self._post("lost", text=self.status)
                     self._stop.wait(1.0)
         finally:
             if client is not None:
@@ -202,6 +205,7 @@ class Connection:
             try:
                 msg = client.receive(msg_id, timeout=POLL_S)
             except TimeoutError:
+                client.check_alive()   # a backend that died mid-fit: reconnect instead of waiting for ever
                 continue
             except ServiceError as exc:
                 self._post("fit_failed", text=f"the fit failed: {exc.message}")

@@ -85,8 +85,13 @@ def apply_result(kind: str, payload: dict) -> None:
     if kind == "welcome":
         caps = payload["capabilities"]
         s.status = f"connected: {caps['device']}" + ("" if caps["clip"] else " (no CLIP weights)")
+        runtime.connection.submit("list")   # (again, after a reconnect: the backend may have restarted)
     elif kind in ("status", "error"):
         s.status = payload["text"][:200]
+    elif kind == "lost":
+        interrupted = [w for w, on in (("the fit", runtime.job), ("the animation render", runtime.streaming)) if on]
+        runtime.job, runtime.streaming = None, False
+        s.status = (payload["text"] + "".join(f"; {w} was interrupted" for w in interrupted))[:200]
     elif kind == "fit_failed":
         runtime.job = None
         s.status = payload["text"][:200]

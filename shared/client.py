@@ -43,6 +43,7 @@ class ServiceClient:
         # A DEALER blocks a send while it has no peer (a refused CurveZMQ handshake drops the
         # peer): bound it like every wait, so a wrong key is a TimeoutError, never a hang.
         self.sock.setsockopt(zmq.SNDTIMEO, max(1, int(timeout * 1000)))
+        self.sock.setsockopt(zmq.MAXMSGSIZE, P.MAX_PART_BYTES)   # a bad server can't make us allocate more
         if server_key is not None:
             from zmq import auth as zmq_auth
 
@@ -56,6 +57,7 @@ class ServiceClient:
         self.sock.connect(address)
         self._ids = itertools.count(1)
         self._last_sent = time.monotonic()
+        self.last_heard = time.monotonic()   # any message from the server, heartbeats included
 
     def close(self) -> None:
         self.sock.close(linger=0)
@@ -97,12 +99,22 @@ class ServiceClient:
                 raise TimeoutError("stopped while waiting for the backend")
             if not self.sock.poll(int(min(left, self.HEARTBEAT_S, self.STOP_CHECK_S) * 1000)):
                 continue
-            msg = P.decode(self.sock.recv_multipart())
+            parts = self.sock.recv_multipart()
+            self.last_heard = time.monotonic()
+            msg = P.decode(parts)
             if msg.type == "heartbeat" or msg.id != msg_id:
                 continue
             if msg.type == "error":
                 raise ServiceError(msg.fields["code"], msg.fields["message"])
             return msg
+
+    def check_alive(self) -> None:
+        """TimeoutError when the server has sent nothing, not even a heartbeat, for longer than
+        its heartbeats allow (it died or the network went): for callers that poll `receive`
+        with short timeouts while a long task runs."""
+        silent = time.monotonic() - self.last_heard
+        if silent > P.HEARTBEAT_S * P.HEARTBEAT_LIVENESS:
+            raise TimeoutError(f"the backend has sent nothing for {silent:.0f} s")
 
     def request(self, type_: str, fields: dict | None = None, frames: dict | None = None,
                 timeout: float | None = None) -> P.Message:
@@ -117,6 +129,14 @@ class ServiceClient:
         start = time.perf_counter()
         self.request("ping")
         return time.perf_counter() - start
+
+    def health(self) -> dict:
+        """How the server's compute worker is: alive, failures, last_error, queued."""
+        return self.request("ping").fields.get("worker") or {}
+
+    def delete(self, avatar: str) -> None:
+        """Remove an avatar (and its inputs) from the server's store."""
+        self.request("delete", {"avatar": avatar})
 
     def list(self) -> list[dict]:
         return self.request("list").fields["avatars"]

@@ -37,7 +37,17 @@ MAX_SEQUENCE = 10_000               # poses/cameras in one render stream
 # under a quarter of MAX_HEADER_BYTES (tests/test_protocol.py measures it); longer animations
 # are split into several requests by shared/client.py.
 STREAM_CHUNK = 200
+# ZeroMQ's MAXMSGSIZE applies to each part of a multipart message: the largest part is a frame
+MAX_PART_BYTES = max(MAX_HEADER_BYTES, MAX_FRAME_BYTES)
+# Frames of one stream in flight (sent, not yet acknowledged) stay under this many bytes: the
+# server lowers a stream's window for big frames, so a stalled client never holds more.
+MAX_STREAM_BYTES_IN_FLIGHT = 256 << 20
 MAX_BETAS = 300
+# Liveness (the ZeroMQ guide's "Paranoid Pirate"): the server sends every client a heartbeat
+# every HEARTBEAT_S; a client that hears nothing at all for HEARTBEAT_S * HEARTBEAT_LIVENESS
+# takes the server for gone and reconnects.
+HEARTBEAT_S = 2.0
+HEARTBEAT_LIVENESS = 5
 FRAME_DTYPES = ("uint8", "float16", "float32")
 
 # error codes (the `code` field of an `error` message)
@@ -48,8 +58,9 @@ BAD_FIELD = "bad_field"             # a field is missing, of the wrong type, sha
 TOO_LARGE = "too_large"
 UNKNOWN_AVATAR = "unknown_avatar"
 UNKNOWN_JOB = "unknown_job"
-BUSY = "busy"
-INTERNAL = "internal"
+BUSY = "busy"                       # a queue is full: try again later
+TIMEOUT = "timeout"                 # a render stream waited too long for the client's acks
+INTERNAL = "internal"               # the server failed at a task; it goes on serving
 
 
 class ProtocolError(Exception):
@@ -197,6 +208,10 @@ def camera(v, where):
 
 
 VIEW = record(pose=POSE, transl=TRANSL, camera=required(camera))
+# how the server's single compute worker is: alive, tasks that failed (each answered with an
+# `internal` error), the last failure's message, and what waits
+WORKER_HEALTH = record(alive=required(boolean), failures=required(integer(0, 1 << 62)),
+                       last_error=optional(string(MAX_STRING)), queued=required(integer(0, 1 << 31)))
 
 
 # --------------------------------------------------------------------------- message types
@@ -227,10 +242,12 @@ MESSAGES = _types(
                             "capabilities": required(record(
                                 device=required(string(64)), body_models=required(list_of(string(200), 64)),
                                 clip=required(boolean), presets=required(list_of(string(32), 16)),
-                                max_image_side=required(integer(1, MAX_IMAGE_SIDE))))},
+                                max_image_side=required(integer(1, MAX_IMAGE_SIDE)))),
+                            "worker": optional(WORKER_HEALTH)},
                 doc="server -> client: protocol version and what this server can do"),
     MessageType("ping", {}, doc="either way; answered by pong"),
-    MessageType("pong", {}),
+    MessageType("pong", {"worker": optional(WORKER_HEALTH)},
+                doc="server -> client: alive; a server also says how its compute worker is"),
     MessageType("heartbeat", {}, doc="either way, every few seconds while connected"),
     # fitting
     MessageType("fit", {"pose": optional(array(POSE_DIM)), "transl": optional(array(3)), "camera": required(camera),
@@ -258,6 +275,10 @@ MESSAGES = _types(
         id=AVATAR_ID, stage=required(string(16)), iteration=required(integer(0, 1 << 31)),
         preset=required(string(32)), name=optional(string(200))), 10_000))}),
     MessageType("load", {"avatar": AVATAR_ID}, doc="client -> server: get an avatar ready; answered by loaded"),
+    MessageType("delete", {"avatar": AVATAR_ID},
+                doc="client -> server: remove an avatar and its inputs from the store (a queued fit is "
+                    "dropped; a running one must be cancelled first); answered by deleted"),
+    MessageType("deleted", {"avatar": AVATAR_ID}),
     MessageType("loaded", {"avatar": AVATAR_ID, "stage": required(string(16)),
                            "iteration": required(integer(0, 1 << 31)), "preset": required(string(32)),
                            "pose": POSE, "transl": TRANSL, "camera": required(camera),

@@ -122,3 +122,28 @@ def test_fit_body_from_a_photo_alone_on_the_command_line(tmp_path, person):
     assert report["start"] == "photo" and report["mask_source"] == "estimator" and report["landmark_guides"]
     assert report["silhouette_iou_after"] > 0.85
     assert (tmp_path / "fit" / "mask.png").is_file() and (tmp_path / "fit" / "fitted_params.json").is_file()
+
+
+def test_init_drives_a_users_smpl_file_too(tmp_path, person):
+    """The landmark initialisation works in any SMPL-layout body (here a tiny SMPL file loaded
+    through smplx): its bones point along the landmarks' 3D bones and its joints land on the
+    2D landmarks, at the person's depth."""
+    from backend.body.model import load_body_model
+    from backend.estimate.body_init import direction_loss, keypoint_loss
+    from tiny_smpl import make_tiny_smpl_arrays, write_official_pkl
+
+    write_official_pkl(tmp_path / "SMPL_NEUTRAL.pkl", make_tiny_smpl_arrays(num_betas=10))
+    smpl = load_body_model(tmp_path / "SMPL_NEUTRAL.pkl")
+    est = estimate_person(person["image"])
+    init = init_body(smpl, est, person["camera"])
+    assert init.pose.shape == (72,) and init.betas.shape == (10,)
+    with torch.no_grad():
+        joints = smpl(init.pose, init.betas, init.transl).joints[0].double()
+        rest = smpl(np.zeros(72), init.betas, init.transl).joints[0].double()
+    bones = direction_loss(joints, init.guides)           # mean (1 - cos) over seen bones
+    reprojection = keypoint_loss(joints, init.guides, person["camera"]).sqrt() * SIZE   # RMS, pixels
+    print(f"tiny SMPL init: bone 1-cos {bones:.4f} (rest pose {direction_loss(rest, init.guides):.4f}), "
+          f"keypoints RMS {reprojection:.1f} px")
+    assert bones < 0.05 and bones < 0.5 * direction_loss(rest, init.guides)
+    assert reprojection < 0.06 * SIZE
+    assert abs(init.transl[2] - person["transl"][2]) / person["transl"][2] < 0.15

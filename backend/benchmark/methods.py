@@ -21,7 +21,8 @@ class Method:
     kind: str = "avatar"            # "avatar" (fit_avatar) or "projection"
     needs_clip: bool = False        # skipped, with the reason, where no CLIP weights exist
     use_prompt: bool = True         # CLIP text guidance with the subject's description
-    body: str | None = None         # "true" / "fitted" body parameters; None: the run's choice
+    body: str | None = None         # "true" / "fitted" / "photo" body parameters; None: the run's choice
+    default: bool = True            # in a run that names no methods
     change: Callable[[FitConfig], FitConfig] = lambda cfg: cfg
 
 
@@ -64,22 +65,29 @@ METHODS = (
            "the photo projected on the body fitted from a rough pose estimate", kind="projection", body="fitted"),
     Method("projection_true_body", "Body-texture projection, true body",
            "the photo projected on the true body", kind="projection", body="true"),
+    # the photo alone (issue 11): body, mask and pose from the photo; run when named
+    Method("full_photo_body", "Full, body from the photo alone",
+           "the full method on the body estimated from the photo alone (landmarks, estimated mask, "
+           "guided silhouette fit)", body="photo", default=False),
+    Method("projection_photo_body", "Body-texture projection, body from the photo alone",
+           "the photo projected on the body estimated from the photo alone", kind="projection", body="photo",
+           default=False),
 )
 BY_NAME = {m.name: m for m in METHODS}
 
 
-BODY_SOURCES = ("true", "fitted")
+BODY_SOURCES = ("true", "fitted", "photo")
 
 
 def select(names: list[str] | None, body: str = "true") -> list[Method]:
-    """The named methods (default: all), without the rows that would repeat "full" or
-    "projection" on the run's own body source."""
+    """The named methods (default: all but the photo-only rows), without the rows that would
+    repeat "full" or "projection" on the run's own body source."""
     if body not in BODY_SOURCES:
         raise AvatarError(f"unknown body source {body!r}; choose from {', '.join(BODY_SOURCES)}")
     unknown = [n for n in names or () if n not in BY_NAME]
     if unknown:
         raise AvatarError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(BY_NAME)}")
-    chosen = [BY_NAME[n] for n in names] if names else list(METHODS)
+    chosen = [BY_NAME[n] for n in names] if names else [m for m in METHODS if m.default]
     return [m for m in chosen if m.body is None or m.body != body]
 
 

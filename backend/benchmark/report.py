@@ -83,11 +83,14 @@ def markdown_table(summary: dict, metrics=("psnr", "ssim"), memory_kind: str = "
     return "\n".join(lines)
 
 
-def body_fit_table(results: dict) -> str:
-    lines = ["| Subject | silhouette IoU (rough -> fitted) | MPJPE mm (rough -> fitted) | seconds |",
+def body_fit_table(results: dict, key: str = "body_fit") -> str:
+    start = "landmarks" if key == "photo_body_fit" else "rough"
+    lines = [f"| Subject | silhouette IoU ({start} -> fitted) | MPJPE mm ({start} -> fitted) | seconds |",
              "|---|---|---|---|"]
     for s in results["subjects"]:
-        f = s["body_fit"]
+        f = s.get(key)
+        if f is None:
+            continue
         lines.append(f"| {s['name']} | {f['iou_before']:.3f} -> {f['iou_after']:.3f} | "
                      f"{f['mpjpe_before_mm']:.1f} -> {f['mpjpe_after_mm']:.1f} | {f['seconds']:.1f} |")
     return "\n".join(lines)
@@ -132,6 +135,9 @@ def write_markdown(results: dict, summary: dict) -> str:
               per_subject_table(results, summary)]
     parts += ["", "## Body fit from the rough estimate (used by the rows on the fitted body)", "",
               body_fit_table(results), ""]
+    if any("photo_body_fit" in s for s in results["subjects"]):
+        parts += ["## Body from the photo alone (used by the rows on the photo's body; IoU against the "
+                  "estimated mask)", "", body_fit_table(results, "photo_body_fit"), ""]
     return "\n".join(parts)
 
 

@@ -106,12 +106,21 @@ def _avatar_renderer(avatar):
     return render
 
 
-def fit_subject_body(subject: Subject, body: BodyModel, size: BenchmarkSize, work: Path):
+def fit_subject_body(subject: Subject, body: BodyModel, size: BenchmarkSize, work: Path, source: str = "fitted"):
+    """The body fit a method starts from: "fitted" from the rough parameters and the true mask
+    (ELICIT's inputs), or "photo" from the photo alone (landmarks and the estimated mask; the
+    subject's true lens, as a photo's EXIF would give it)."""
     from backend.body_fit_job import run_body_fit
+    from backend.inputs import load_elicit_folder
 
     with Stopwatch() as sw:
-        res = run_body_fit(elicit_dir=subject.folder / "input", body_spec="open_body", preset=size.body_preset,
-                           out_dir=work / "body_fit", log=lambda m: None, body=body)
+        if source == "photo":
+            given = load_elicit_folder(subject.folder / "input")
+            res = run_body_fit(photo=given.photo_path, camera=given.camera, body_spec="open_body",
+                               preset=size.body_preset, out_dir=work / "body_fit_photo", log=lambda m: None, body=body)
+        else:
+            res = run_body_fit(elicit_dir=subject.folder / "input", body_spec="open_body", preset=size.body_preset,
+                               out_dir=work / "body_fit", log=lambda m: None, body=body)
     fitted = StartBody(np.asarray(res.fit.pose), np.asarray(res.fit.betas), np.asarray(res.fit.transl))
     truth = (subject.pose(), subject.betas, subject.transl)
     info = {"iou_before": res.fit.iou_before, "iou_after": res.fit.iou_after, "seconds": sw.seconds,
@@ -203,11 +212,16 @@ def run_benchmark(size_name: str = "quick", out_dir: Path = Path("out/benchmark"
         body_fit, fitted, fit_info = fit_subject_body(subject, cpu_body, size, work)
         entry = {"name": subject.name, "prompt": subject.manifest["prompt"], "body_fit": fit_info, "methods": {}}
         truth = StartBody(subject.pose(), subject.betas, subject.transl)
+        starts = {"true": (body_fit, truth), "fitted": (body_fit, fitted)}
+        if any(body_source(m, body_source_name) == "photo" for m in chosen):
+            log(f"{subject.name}: estimating the body from the photo alone")
+            photo_fit, photo_body, entry["photo_body_fit"] = fit_subject_body(subject, cpu_body, size, work, "photo")
+            starts["photo"] = (photo_fit, photo_body)
         renders = {}
         for method in chosen:
-            start = truth if body_source(method, body_source_name) == "true" else fitted
+            method_fit, start = starts[body_source(method, body_source_name)]
             try:
-                run, images = run_method(method, subject, body_fit, start, body, size, work, device, clip,
+                run, images = run_method(method, subject, method_fit, start, body, size, work, device, clip,
                                          lpips, lpips, keep_avatars)
             except Exception as exc:  # one broken row must not lose the others' hours of work
                 traceback.print_exc()

@@ -18,6 +18,7 @@ import numpy as np
 import zmq
 
 from backend.service.store import AvatarStore
+from backend.service.limits import WorkerLimits
 from backend.service.worker import Stream, Worker
 from shared import protocol as P
 from shared.camera import MAX_IMAGE_SIDE, PinholeCamera
@@ -40,9 +41,10 @@ class ServerConfig:
     port: int = P.DEFAULT_PORT      # 0: a free port (tests); the bound one is Server.port
     device: str = "auto"
     curve: CurveKeys | None = None
-    heartbeat_s: float = 2.0
+    heartbeat_s: float = P.HEARTBEAT_S
     client_timeout_s: float = 30.0  # a client silent this long loses its streams
     preview_every: int = 25         # fit iterations between preview images
+    limits: WorkerLimits = WorkerLimits()
 
 
 class Server:
@@ -52,11 +54,18 @@ class Server:
                              f"authenticate (make keys with 'avatar-backend keys DIR', pass --curve DIR)")
         self.cfg = cfg
         self.ctx = zmq.Context()
-        self.store = AvatarStore(cfg.store)
+        self.store = AvatarStore(cfg.store)   # StoreInUse if another server holds it
         self.router = self.ctx.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.LINGER, 0)
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 0)  # a vanished client: drop, don't block
-        self.router.setsockopt(zmq.MAXMSGSIZE, P.MAX_HEADER_BYTES + P.MAX_FRAMES * P.MAX_FRAME_BYTES)
+        # ZeroMQ checks MAXMSGSIZE per part, before allocating it: no part may exceed the
+        # protocol's largest (a frame); a bigger one drops the sender's connection.
+        self.router.setsockopt(zmq.MAXMSGSIZE, P.MAX_PART_BYTES)
+        # small queues per peer: a client that sends faster than it is served waits (TCP
+        # back-pressure); one that never reads loses replies beyond SNDHWM rather than growing
+        # the server's memory (streams are bounded by their window anyway)
+        self.router.setsockopt(zmq.RCVHWM, 64)
+        self.router.setsockopt(zmq.SNDHWM, 256)
         self.auth = None
         if cfg.curve is not None:
             self._setup_curve(cfg.curve)
@@ -70,7 +79,7 @@ class Server:
         self.outbox = self.ctx.socket(zmq.PULL)
         self.outbox.bind(self.outbox_address)
         self.worker = Worker(self.ctx, self.outbox_address, self.store, device=cfg.device,
-                             preview_every=cfg.preview_every)
+                             preview_every=cfg.preview_every, limits=cfg.limits)
         self.clients: dict[bytes, float] = {}   # identity -> last seen
         self._stop = threading.Event()
 
@@ -131,6 +140,7 @@ class Server:
         if self.auth is not None:
             self.auth.stop()
         self.ctx.term()
+        self.store.close()
 
     def _heartbeat(self, now: float) -> None:
         for identity, seen in list(self.clients.items()):
@@ -169,10 +179,11 @@ class Server:
             raise P.ProtocolError(P.BAD_VERSION, f"client speaks protocol {msg.fields['protocol']}, "
                                                  f"this server {P.PROTOCOL_VERSION}")
         self._send(identity, "welcome", {"protocol": P.PROTOCOL_VERSION, "server": "one-shot-avatar backend",
-                                         "capabilities": self.worker.capabilities(MAX_IMAGE_SIDE)}, id=msg.id)
+                                         "capabilities": self.worker.capabilities(MAX_IMAGE_SIDE),
+                                         "worker": self.worker.health()}, id=msg.id)
 
     def _on_ping(self, identity, msg) -> None:
-        self._send(identity, "pong", {}, id=msg.id)
+        self._send(identity, "pong", {"worker": self.worker.health()}, id=msg.id)
 
     def _on_heartbeat(self, identity, msg) -> None:
         pass  # last-seen is recorded for every message
@@ -213,11 +224,17 @@ class Server:
         if (f["pose"] is None) != (f["transl"] is None):
             raise P.ProtocolError(P.BAD_FIELD, "fit: give pose and transl together, or neither (photo only)")
         camera = PinholeCamera(cam["K"], cam["R"], cam["t"], cam["width"], cam["height"])
+        self.worker.check_room_for_fit()   # busy: nothing is stored
         job = {"preset": preset, "prompt": f["prompt"] or "", "name": f["name"] or "", "body": "open_body",
                "fit_body": True if f["fit_body"] is None else f["fit_body"]}
         avatar_id = self.store.create(photo, mask, f["pose"], f["betas"], f["transl"], camera, job)
         warnings = self.worker.submit_fit(avatar_id, identity, msg.id)
         self._send(identity, "accepted", {"job": avatar_id, "warnings": warnings}, id=msg.id)
+
+    def _on_delete(self, identity, msg) -> None:
+        self._known(msg.fields["avatar"])
+        self.worker.delete(msg.fields["avatar"])
+        self._send(identity, "deleted", {"avatar": msg.fields["avatar"]}, id=msg.id)
 
     def _on_load(self, identity, msg) -> None:
         self._known(msg.fields["avatar"])

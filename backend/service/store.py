@@ -10,6 +10,10 @@ Everything an interrupted fit needs to resume is on disk before it starts, so af
 the server lists every avatar again and resumes the unfinished ones. Only complete files are
 ever read: job.json and the avatar are replaced atomically, and an id is listed only once its
 job.json exists.
+
+The store holds people's photos: its folder is private to the user (0700). One server owns a
+store at a time (`<store>/.lock`, an exclusive flock held while the server runs): two servers
+resuming the same fits would overwrite each other's checkpoints.
 """
 from __future__ import annotations
 
@@ -35,10 +39,44 @@ def _write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+class StoreInUse(RuntimeError):
+    """Another server already serves this store."""
+
+
 class AvatarStore:
-    def __init__(self, root):
+    def __init__(self, root, lock: bool = True):
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.root, 0o700)
+        self._lock_file = None
+        if lock:
+            self._lock()
+
+    def _lock(self) -> None:
+        try:
+            import fcntl
+        except ImportError:   # Windows: no flock; one server per store is then the user's care
+            return
+        f = open(self.root / ".lock", "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip()
+            f.close()
+            raise StoreInUse(f"another backend is already serving the store {self.root}"
+                             + (f" (process {holder})" if holder else "")
+                             + ": stop it first, or give this one another --store") from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        self._lock_file = f
+
+    def close(self) -> None:
+        if self._lock_file is not None:
+            self._lock_file.close()   # releases the flock
+            self._lock_file = None
 
     def folder(self, avatar_id: str) -> Path:
         if not _ID.match(avatar_id or ""):
@@ -74,6 +112,15 @@ class AvatarStore:
         """Record a final state that the avatar file cannot tell (cancelled, failed), so that a
         restarted server does not resume that fit."""
         _write_json(self.folder(avatar_id) / "job.json", {**self.job(avatar_id), "state": state})
+
+    def delete(self, avatar_id: str) -> None:
+        """Remove an avatar's folder: first renamed out of the listing (atomic), then removed."""
+        import shutil
+
+        folder = self.folder(avatar_id)
+        gone = self.root / f".deleted-{avatar_id}-{secrets.token_hex(4)}"
+        os.replace(folder, gone)
+        shutil.rmtree(gone, ignore_errors=True)
 
     def ids(self) -> list[str]:
         found = [p.parent.name for p in self.root.glob("*/job.json") if _ID.match(p.parent.name)]

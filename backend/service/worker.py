@@ -4,7 +4,12 @@ Order: waiting single renders first, then streams, then fits (FIFO). While a fit
 single renders are answered between its iterations (a render waits for at most one
 iteration: ~0.25 s with `quick` on a 2-core CPU); streams wait for the fit to end. A stream
 keeps at most `window` frames unacknowledged (back-pressure: a slow client never makes the
-server buffer frames).
+server buffer frames); while it waits for acks, single renders are answered, and a stream
+whose client stops acknowledging ends after `stream_ack_timeout_s`.
+
+Whatever a task raises becomes an `error` reply (`internal`) to whoever asked, the failure is
+counted in `health()` (reported by `welcome` and `pong`), and the worker takes the next task.
+Queues are bounded (WorkerLimits): beyond them a request is answered `busy`.
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ import zmq
 
 from backend.avatar.config import PRESETS
 from backend.errors import AvatarError
+from backend.service.limits import WorkerLimits
 from backend.service.store import AvatarStore
 from shared import protocol as P
 from shared.camera import PinholeCamera
@@ -51,6 +57,7 @@ class Stream:
     window: int
     id: str = dataclasses.field(default_factory=lambda: secrets.token_hex(6))
     acked: int = -1
+    sent: int = -1              # the last frame index sent: an ack beyond it counts only up to it
     cancelled: bool = False
 
 
@@ -67,13 +74,16 @@ class RenderRequest:
 
 class Worker(threading.Thread):
     def __init__(self, ctx: zmq.Context, outbox: str, store: AvatarStore, device: str = "auto",
-                 preview_every: int = 25):
+                 preview_every: int = 25, limits: WorkerLimits = WorkerLimits()):
         super().__init__(name="avatar-worker", daemon=True)
         from backend.avatar_fit_job import resolve_device
 
         self.ctx, self.outbox_address, self.store = ctx, outbox, store
         self.device = resolve_device(device)
         self.preview_every = preview_every
+        self.limits = limits
+        self.failures = 0
+        self.last_error: str | None = None
         self.presets = tuple(p for p in SERVED_PRESETS if p in PRESETS)
         self.lock = threading.Condition()
         self.fits: collections.deque[FitJob] = collections.deque()
@@ -83,10 +93,23 @@ class Worker(threading.Thread):
         self.status: dict[str, dict] = {}
         self._stopping = False
         self._cache: dict[str, tuple[float, object]] = {}
-        self.render_delays: list[float] = []   # seconds a single render waited during a fit
+        # seconds a single render waited during a fit (the latest ones: memory stays bounded)
+        self.render_delays: collections.deque[float] = collections.deque(maxlen=1000)
         self._scan_store()
 
     # ------------------------------------------------------------------ called by the network thread
+    def health(self) -> dict:
+        with self.lock:
+            queued = len(self.fits) + len(self.renders) + len(self.streams)
+        return {"alive": self.is_alive(), "failures": self.failures, "last_error": self.last_error,
+                "queued": queued}
+
+    def check_room_for_fit(self) -> None:
+        """Called before a fit's inputs are stored: a full queue stores nothing."""
+        with self.lock:
+            if len(self.fits) >= self.limits.max_queued_fits:
+                raise P.ProtocolError(P.BUSY, f"{len(self.fits)} fits are already queued; try again later")
+
     def capabilities(self, max_side: int) -> dict:
         return {"device": str(self.device), "body_models": ["open_body"], "clip": self._clip_spec() is not None,
                 "presets": list(self.presets), "max_image_side": max_side}
@@ -121,17 +144,23 @@ class Worker(threading.Thread):
         return False
 
     def submit_render(self, identity: bytes, request_id: int, avatar: str, view: dict, fmt: str) -> None:
-        with self.lock:
-            self.renders.append(RenderRequest(identity, request_id, avatar, view, fmt))
-            self.lock.notify_all()
+        self._queue_render(RenderRequest(identity, request_id, avatar, view, fmt))
 
     def submit_load(self, identity: bytes, request_id: int, avatar: str) -> None:
+        self._queue_render(RenderRequest(identity, request_id, avatar, {}, "", load_only=True))
+
+    def _queue_render(self, req: RenderRequest) -> None:
         with self.lock:
-            self.renders.append(RenderRequest(identity, request_id, avatar, {}, "", load_only=True))
+            if len(self.renders) >= self.limits.max_queued_renders:
+                raise P.ProtocolError(P.BUSY, f"{len(self.renders)} renders are already waiting; try again later")
+            self.renders.append(req)
             self.lock.notify_all()
 
     def submit_stream(self, stream: Stream) -> None:
         with self.lock:
+            if len(self.streams) >= self.limits.max_streams:
+                raise P.ProtocolError(P.BUSY, f"{len(self.streams)} render streams are already waiting; "
+                                              f"try again later")
             self.streams.append(stream)
             self.lock.notify_all()
 
@@ -139,8 +168,18 @@ class Worker(threading.Thread):
         with self.lock:
             for s in self._all_streams():
                 if s.id == stream_id and s.identity == identity:
-                    s.acked = max(s.acked, index)
+                    s.acked = max(s.acked, min(index, s.sent))   # a future ack can't open the window
             self.lock.notify_all()
+
+    def delete(self, avatar_id: str) -> None:
+        """Remove an avatar and its inputs; a queued fit of it is dropped, a running one refused."""
+        with self.lock:
+            if self.running is not None and self.running.avatar_id == avatar_id:
+                raise P.ProtocolError(P.BUSY, f"avatar {avatar_id} is being fitted: cancel the fit first")
+            self.fits = collections.deque(j for j in self.fits if j.avatar_id != avatar_id)
+            self.status.pop(avatar_id, None)
+            self._cache.pop(avatar_id, None)
+        self.store.delete(avatar_id)
 
     def cancel_stream(self, identity: bytes, request_id: int) -> None:
         """A client's stop: its stream (queued or running) ends without another frame."""
@@ -205,11 +244,31 @@ class Worker(threading.Thread):
                         self._stream(task[1])
                     else:
                         self._fit(task[1])
+                except Exception as exc:  # noqa: BLE001 - one task's failure must not end the worker
+                    self._task_failed(task, exc)
                 finally:
                     with self.lock:
                         self.running = None
         finally:
             self.push.close(linger=0)
+
+    def _task_failed(self, task: tuple, exc: Exception) -> None:
+        kind, item = task
+        log.exception("%s failed", kind)
+        self.failures += 1
+        self.last_error = f"{kind}: {type(exc).__name__}: {exc}"[:P.MAX_STRING]
+        identity = item.identity
+        request_id = item.request_id
+        what = f"fit {item.avatar_id}" if kind == "fit" else kind
+        try:
+            if kind == "fit":
+                self._set_status(item.avatar_id, stage="failed")
+        except Exception:  # noqa: BLE001 - e.g. a full disk: the reply below still goes out
+            log.exception("recording the failed fit %s", item.avatar_id)
+        try:
+            self._error(identity, request_id, P.INTERNAL, f"{what} failed: {type(exc).__name__}: {exc}")
+        except Exception:  # noqa: BLE001
+            log.exception("replying to a failed %s", kind)
 
     def _send(self, identity: bytes | None, type_: str, fields: dict, frames=None, id: int = 0) -> None:
         if identity is not None:
@@ -267,15 +326,14 @@ class Worker(threading.Thread):
             if not self._stopping:
                 self._mark_cancelled(job.avatar_id)
             return
-        except AvatarError as exc:
-            self._set_status(job.avatar_id, stage="failed")
+        except AvatarError as exc:   # the inputs' fault: say what is wrong with them
             self._error(job.identity, job.request_id, P.BAD_FIELD, f"fit {job.avatar_id}: {exc}")
+            try:
+                self._set_status(job.avatar_id, stage="failed")
+            except OSError:   # e.g. a full disk: the client has its answer; a restart retries the fit
+                log.exception("recording the failed fit %s", job.avatar_id)
             return
-        except Exception as exc:  # noqa: BLE001 - report, keep the worker alive
-            log.exception("fit %s failed", job.avatar_id)
-            self._set_status(job.avatar_id, stage="failed")
-            self._error(job.identity, job.request_id, P.INTERNAL, f"fit {job.avatar_id} failed: {exc}")
-            return
+        # anything else reaches run()'s catch-all: an `internal` error reply, the worker goes on
         self._set_status(job.avatar_id, stage="done", iteration=result.record.iteration)
         self._send(job.identity, "done", {"job": job.avatar_id, "avatar": job.avatar_id,
                                           "warnings": list(result.report.get("warnings", []))[:16]},
@@ -368,21 +426,46 @@ class Worker(threading.Thread):
         self._current_stream = s
         try:
             for i, view in enumerate(s.views):
-                with self.lock:
-                    while not (s.cancelled or self._stopping) and i > s.acked + s.window:
-                        self.lock.wait(timeout=1.0)
-                    if s.cancelled or self._stopping:
-                        return
+                if not self._wait_for_acks(s, i):
+                    return
                 try:
                     img, seconds = self._frame(s.avatar, view, s.format)
                 except P.ProtocolError as exc:
                     self._error(s.identity, s.request_id, exc.code, exc.message)
                     return
+                if i == 0:   # big frames: fewer in flight, so a stalled client holds a bounded amount
+                    s.window = max(1, min(s.window, P.MAX_STREAM_BYTES_IN_FLIGHT // max(1, img.nbytes)))
                 self._send(s.identity, "frame", {"index": i, "stream": s.id, "seconds": seconds}, {"rgba": img},
                            id=s.request_id)
+                with self.lock:
+                    s.sent = i
             self._send(s.identity, "stream_done", {"stream": s.id, "count": len(s.views)}, id=s.request_id)
         finally:
             self._current_stream = None
+
+    def _wait_for_acks(self, s: Stream, i: int) -> bool:
+        """Until frame i may be sent (True) or the stream ends (False: cancelled, stopping or no
+        ack for stream_ack_timeout_s). Single renders are answered meanwhile."""
+        timeout = self.limits.stream_ack_timeout_s
+        acked, deadline = s.acked, time.monotonic() + timeout
+        while True:
+            with self.lock:
+                if s.cancelled or self._stopping:
+                    return False
+                if i <= s.acked + s.window:
+                    return True
+                now = time.monotonic()
+                if s.acked != acked:
+                    acked, deadline = s.acked, now + timeout
+                if now >= deadline:
+                    break
+                if not self.renders:
+                    self.lock.wait(timeout=min(0.5, deadline - now))
+                    continue
+            self._renders_between_iterations()
+        self._error(s.identity, s.request_id, P.TIMEOUT,
+                    f"stream {s.id}: no ack for {timeout:g} s after frame {s.acked}; the stream was stopped")
+        return False
 
 
 def _preview(stage, side: int = 128) -> np.ndarray:

@@ -1,0 +1,202 @@
+"""The service under faults and abuse (issue 12), against real server processes on 127.0.0.1:
+a failing task never ends the worker, an abandoned stream never blocks the others, queues are
+bounded, avatars can be deleted, one server per store, private keys and store."""
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import zmq
+
+from shared import protocol as P
+from shared.client import ServiceClient, ServiceError
+from tests.backend_process import ServerProcess
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = dict(os.environ, PYTHONPATH=str(ROOT))
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory, subject_128):
+    """A finished tiny avatar's store folder (fitted once, copied into each test's store)."""
+    store = tmp_path_factory.mktemp("fitted") / "store"
+    server = ServerProcess(store)
+    try:
+        with ServiceClient(server.address, timeout=60) as c:
+            msg_id, job, _ = c.start_fit(subject_128["photo"], subject_128["pose"], subject_128["transl"],
+                                         subject_128["camera"], mask=subject_128["mask"], preset="tiny",
+                                         fit_body=False)
+            assert c.wait_fit(msg_id, timeout=300).type == "done"
+    finally:
+        server.kill(signal.SIGTERM)
+    return store / job
+
+
+def store_with(tmp_path, fitted, *ids) -> Path:
+    store = tmp_path / "store"
+    for avatar_id in ids:
+        shutil.copytree(fitted, store / avatar_id)
+    return store
+
+
+def view(subject, scale=0.5):
+    return {"pose": subject["pose"], "transl": subject["transl"], "camera": subject["camera"].scaled(scale)}
+
+
+def test_a_failing_task_is_answered_and_the_worker_goes_on(tmp_path, fitted, subject_128):
+    """A corrupt avatar file used to end the worker thread from inside a stream (only protocol
+    errors were caught there) while the server kept answering pings."""
+    store = store_with(tmp_path, fitted, "good000000000001", "bad0000000000001")
+    server = ServerProcess(store)
+    try:
+        with ServiceClient(server.address, timeout=30) as c:
+            welcome = c.request("hello", {"client": "t", "protocol": P.PROTOCOL_VERSION}).fields
+            assert welcome["worker"] == {"alive": True, "failures": 0, "last_error": None, "queued": 0}
+            # the file breaks while the server runs (a disk error, a user's copy over it)
+            (store / "bad0000000000001" / "avatar.avatar").write_bytes(b"\x00 not an avatar" * 100)
+            with pytest.raises(ServiceError) as e:
+                list(c.render_stream("bad0000000000001", [view(subject_128)] * 3))
+            assert e.value.code == P.INTERNAL and "stream failed" in e.value.message
+            health = c.health()
+            assert health["alive"] and health["failures"] == 1 and "stream" in health["last_error"]
+            # the worker still works: a render and a stream of the good avatar
+            assert c.render("good000000000001", **view(subject_128)).shape == (64, 64, 4)
+            assert [i for i, _ in c.render_stream("good000000000001", [view(subject_128)] * 3)] == [0, 1, 2]
+            with pytest.raises(ServiceError) as e:   # a single render of the bad one: an error too
+                c.render("bad0000000000001", **view(subject_128))
+            assert c.health()["alive"]
+    finally:
+        server.kill(signal.SIGTERM)
+
+
+def _raw_stream(address, avatar, views, window):
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(address)
+    sock.send_multipart(P.encode("render_stream", {"avatar": avatar, "views": [
+        {"pose": v["pose"].tolist(), "transl": v["transl"].tolist(), "camera": v["camera"].to_dict()} for v in views],
+        "window": window}, id=7))
+    return sock
+
+
+def _messages_for(sock, seconds: float) -> list:
+    """What arrives within `seconds`, heartbeats left out."""
+    got, deadline = [], time.monotonic() + seconds
+    while sock.poll(max(0, int((deadline - time.monotonic()) * 1000))):
+        msg = P.decode(sock.recv_multipart())
+        if msg.type != "heartbeat":
+            got.append(msg)
+    return got
+
+
+def test_an_abandoned_stream_times_out_and_blocks_nobody(tmp_path, fitted, subject_128):
+    store = store_with(tmp_path, fitted, "good000000000001")
+    server = ServerProcess(store, "--stream-ack-timeout", "3")
+    try:
+        views = [view(subject_128)] * 20
+        sock = _raw_stream(server.address, "good000000000001", views, window=1)
+        first = P.decode(sock.recv_multipart()) if sock.poll(30_000) else None
+        assert first is not None and first.type == "frame" and first.fields["index"] == 0
+        started = time.monotonic()
+        with ServiceClient(server.address, timeout=30) as c:
+            # while the stream waits for an ack that never comes, single renders are served
+            t = time.perf_counter()
+            assert c.render("good000000000001", **view(subject_128)).shape == (64, 64, 4)
+            assert time.perf_counter() - t < 2.5
+            # then the stream ends with a timeout error, having sent nothing more
+            rest = _messages_for(sock, 6.0)
+            assert [m.type for m in rest] == ["error"] and rest[0].fields["code"] == P.TIMEOUT
+            assert 2.5 < time.monotonic() - started < 8.0
+            assert c.health() == {"alive": True, "failures": 0, "last_error": None, "queued": 0}
+
+            # an ack from the future cannot open the window: only sent frames count
+            sock2 = _raw_stream(server.address, "good000000000001", views, window=1)
+            frame0 = P.decode(sock2.recv_multipart())
+            sock2.send_multipart(P.encode("ack", {"stream": frame0.fields["stream"], "index": 19}))
+            more = _messages_for(sock2, 1.5)
+            assert [m.fields.get("index") for m in more if m.type == "frame"] == [1]
+            sock2.send_multipart(P.encode("stream_cancel", {"request": 7}, id=8))
+            sock2.close()
+        sock.close()
+    finally:
+        server.kill(signal.SIGTERM)
+
+
+def test_full_queues_answer_busy_and_delete_removes_avatars(tmp_path, fitted, subject_128):
+    store = store_with(tmp_path, fitted, "done000000000001")
+    server = ServerProcess(store, "--max-queued-fits", "1")
+    s = subject_128
+    try:
+        with ServiceClient(server.address, timeout=60) as c:
+            fit = dict(mask=s["mask"], preset="quick", fit_body=False)
+            run_id, running, _ = c.start_fit(s["photo"], s["pose"], s["transl"], s["camera"], **fit)
+            assert c.receive(run_id, timeout=120).type == "progress"      # it runs
+            _, queued, _ = c.start_fit(s["photo"], s["pose"], s["transl"], s["camera"], **fit)
+            folders = sorted(p.name for p in store.iterdir())
+            with pytest.raises(ServiceError) as e:
+                c.start_fit(s["photo"], s["pose"], s["transl"], s["camera"], **fit)
+            assert e.value.code == P.BUSY
+            assert sorted(p.name for p in store.iterdir()) == folders     # nothing stored for it
+
+            c.delete(queued)                                              # a queued fit: dropped
+            assert queued not in {a["id"] for a in c.list()} and not (store / queued).exists()
+            with pytest.raises(ServiceError) as e:                        # the running one: cancel first
+                c.delete(running)
+            assert e.value.code == P.BUSY and "cancel" in e.value.message
+            c.cancel(running)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                try:
+                    c.delete(running)
+                    break
+                except ServiceError as exc:
+                    assert exc.code == P.BUSY
+                    time.sleep(0.2)
+            assert not (store / running).exists()
+
+            assert c.render("done000000000001", **view(s)).shape == (64, 64, 4)   # cached, then deleted
+            c.delete("done000000000001")
+            assert c.list() == [] and sorted(p.name for p in store.iterdir()) == [".lock"]
+            with pytest.raises(ServiceError) as e:
+                c.render("done000000000001", **view(s))
+            assert e.value.code == P.UNKNOWN_AVATAR
+            with pytest.raises(ServiceError) as e:
+                c.delete("done000000000001")
+            assert e.value.code == P.UNKNOWN_AVATAR
+            assert c.health()["alive"]
+    finally:
+        server.kill(signal.SIGTERM)
+
+
+def test_one_server_per_store_and_private_files(tmp_path):
+    store = tmp_path / "store"
+    first = ServerProcess(store)
+    try:
+        assert stat.S_IMODE(store.stat().st_mode) == 0o700     # people's photos live here
+        second = subprocess.run([sys.executable, "-m", "backend", "serve", "--port", "0", "--store", str(store),
+                                 "--device", "cpu"], env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2
+        assert f"another backend is already serving the store {store}" in second.stderr
+        assert f"process {first.proc.pid}" in second.stderr
+    finally:
+        first.kill(signal.SIGTERM)
+    again = ServerProcess(store)          # the lock goes with the process that held it
+    again.kill(signal.SIGKILL)
+    ServerProcess(store).kill(signal.SIGTERM)   # ... even a killed one
+
+    keys = tmp_path / "keys"
+    subprocess.run([sys.executable, "-m", "backend", "keys", str(keys), "--client", "artist"], check=True,
+                   env=ENV, cwd=ROOT, capture_output=True)
+    assert stat.S_IMODE(keys.stat().st_mode) == 0o700
+    for secret in (keys / "server.key_secret", keys / "artist.key_secret"):
+        assert stat.S_IMODE(secret.stat().st_mode) == 0o600, secret
+    before = (keys / "server.key_secret").read_bytes()
+    rerun = subprocess.run([sys.executable, "-m", "backend", "keys", str(keys)], env=ENV, cwd=ROOT,
+                           capture_output=True, text=True)
+    assert rerun.returncode != 0 and "keys exist already" in rerun.stderr
+    assert (keys / "server.key_secret").read_bytes() == before   # never overwritten
