@@ -45,6 +45,44 @@ def _input_key(photo: np.ndarray, mask: np.ndarray, pose, betas, transl, cfg: Fi
     return h.hexdigest()[:16]
 
 
+def _job_key(given, body_spec: str, cfg: FitConfig, prompt) -> str:
+    """What a fit with the body fit is made from: the user's inputs (not the fitted body, which
+    GrabCut, the estimator or a GPU may not reproduce bit for bit)."""
+    h = hashlib.sha256(b"fit_body")
+    arrays = [given.image, given.mask, given.camera.K, given.camera.R, given.camera.t]
+    if given.params is not None:
+        arrays += [given.params.pose, given.params.betas, given.params.transl]
+    for a in arrays:
+        h.update(b"-" if a is None else np.ascontiguousarray(np.asarray(a, dtype=np.float32)).tobytes())
+    h.update(json.dumps([cfg.to_dict(), prompt or "", str(body_spec)], sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
+def _body_of_unfinished_fit(out: Path, body: BodyModel, key: str, given, work: Path, log):
+    """(mask, pose, betas, transl) the interrupted (or finished) fit at `out` of these same
+    inputs was using, or None (no such fit, or its derived mask is gone): a resume continues on
+    that body instead of fitting it again."""
+    from backend.inputs import load_mask
+
+    if not out.is_file():
+        return None
+    try:
+        old = load_avatar(out, body)
+    except AvatarError:
+        return None   # fit_avatar says why it does not resume
+    if old.input_key != key:
+        return None
+    mask = given.mask
+    if mask is None:
+        if not (work / "mask.png").is_file():
+            log(f"the mask derived by the interrupted fit ({work / 'mask.png'}) is gone: fitting the body again")
+            return None
+        mask = load_mask(work / "mask.png", given.image.shape[:2])
+    log(f"resuming: the body fitted before the interruption is reused (stage {old.stage}, "
+        f"iteration {old.iteration})")
+    return mask, old.pose, old.avatar.betas[0].cpu().numpy().astype(np.float64), old.transl
+
+
 def resolve_device(device: str | None) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -80,13 +118,13 @@ def fit_avatar(body: BodyModel, photo: np.ndarray, mask: np.ndarray, camera, pos
                prompt: str | None = None, warnings=(), device="cpu", resume: bool = True,
                log: Callable[[str], None] = print, progress: Callable[[dict], None] | None = None,
                on_step: Callable[[StageB, dict], None] | None = None,
-               stop_after: int | None = None) -> AvatarFitResult:
+               stop_after: int | None = None, input_key: str | None = None) -> AvatarFitResult:
     """Stage A + stage B from prepared inputs (the body already fitted). `on_step(stage_b, record)`
     runs after every stage-B iteration (the server's previews, renders between iterations and
     cancel). `stop_after`: end stage B after this many iterations in this call (resume tests)."""
     out_path = Path(out_path)
     device = torch.device(device)
-    key = _input_key(photo, mask, pose, betas, transl, cfg, prompt)
+    key = input_key or _input_key(photo, mask, pose, betas, transl, cfg, prompt)
     body = body.to(device)
     rec = None
     if resume and out_path.is_file():
@@ -184,13 +222,19 @@ def run_avatar_fit(photo=None, mask=None, params=None, elicit_dir=None, body_spe
     body = load_body_model(body_spec)
     # the priors first: a missing weights file should stop the job before minutes of body fitting
     clip, lpips, warnings = load_priors(cfg, clip_spec, lpips_weights, dev, log)
-    fitted = None
+    fitted = job_key = None
     if fit_body:
-        fitted = run_body_fit(photo=photo, mask=mask, params=params, elicit_dir=elicit_dir, body_spec=body_spec,
-                              preset="full" if preset == "full" else "quick", out_dir=work, log=log, body=body,
-                              camera=camera)
-        inputs, mask_img = fitted.inputs, fitted.mask
-        pose, betas, transl = fitted.fit.pose, fitted.fit.betas, fitted.fit.transl
+        given = load_fit_inputs(photo=photo, mask=mask, params=params, elicit_dir=elicit_dir, camera=camera)
+        job_key = _job_key(given, body_spec, cfg, prompt)
+        reused = _body_of_unfinished_fit(out, body, job_key, given, work, log) if resume else None
+        if reused is not None:
+            inputs, (mask_img, pose, betas, transl) = given, reused
+        else:
+            fitted = run_body_fit(photo=photo, mask=mask, params=params, elicit_dir=elicit_dir, body_spec=body_spec,
+                                  preset="full" if preset == "full" else "quick", out_dir=work, log=log, body=body,
+                                  camera=camera)
+            inputs, mask_img = fitted.inputs, fitted.mask
+            pose, betas, transl = fitted.fit.pose, fitted.fit.betas, fitted.fit.transl
     elif params is None and elicit_dir is None:   # photo only, unrefined: the landmarks' body and mask
         from backend.body_fit_job import start_body
 
@@ -212,7 +256,7 @@ def run_avatar_fit(photo=None, mask=None, params=None, elicit_dir=None, body_spe
         betas = np.pad(np.asarray(betas, float), (0, max(0, body.num_betas - len(betas))))[: body.num_betas]
     result = fit_avatar(body, inputs.image, mask_img, inputs.camera, pose, betas, transl, out, cfg,
                         body_spec=body_spec, clip=clip, lpips=lpips, prompt=prompt, warnings=warnings,
-                        device=dev, resume=resume, log=log, progress=progress, on_step=on_step)
+                        device=dev, resume=resume, log=log, progress=progress, on_step=on_step, input_key=job_key)
     work.mkdir(parents=True, exist_ok=True)
     (work / "avatar_report.json").write_text(json.dumps(result.report, indent=2, default=str))
     return dataclasses.replace(result, body_fit=fitted)

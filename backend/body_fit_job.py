@@ -151,7 +151,10 @@ def run_body_fit(photo=None, mask=None, params=None, elicit_dir=None, body_spec=
         fit = dataclasses.replace(refined, iou_before=silhouette_iou(body, pose0, betas0, transl0, mask_img, inputs.camera),
                                   history=fit.history + refined.history)
     if mask_source in ("grabcut", "estimator"):
-        Image.fromarray((np.clip(mask_img, 0, 1) * 255).astype(np.uint8)).save(out_dir / "mask.png")
+        # the mask as saved is the mask used from here on: a resumed fit reads back exactly it
+        mask8 = (np.clip(mask_img, 0, 1) * 255).round().astype(np.uint8)
+        Image.fromarray(mask8).save(out_dir / "mask.png")
+        mask_img = mask8.astype(np.float32) / 255.0
     after = body_silhouette(body, fit.pose, fit.betas, fit.transl, inputs.camera)
 
     write_overlay(out_dir / "overlay.png", inputs.image, mask_img, before, after)

@@ -22,6 +22,7 @@ from .shared.client import ServiceClient, ServiceError
 from .shared.protocol import ProtocolError
 
 POLL_S = 0.25         # how often the thread looks for a cancel while a fit or stream runs
+CONNECT_TIMEOUT_S = 5.0   # a (re)connection's hello: an absent backend is reported this soon
 BACKOFF_S = (1, 2, 5, 10, 30)
 
 
@@ -128,7 +129,8 @@ class Connection:
                     try:
                         client = ServiceClient(self.address, timeout=self.timeout, should_stop=self._stop.is_set,
                                                **self.keys)
-                        self.capabilities = client.hello("blender add-on")
+                        self.capabilities = client.hello("blender add-on",
+                                                         timeout=min(self.timeout, CONNECT_TIMEOUT_S))
                         self.status = "connected"
                         attempt = 0
                         self._post("welcome", capabilities=self.capabilities)

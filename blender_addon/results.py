@@ -64,19 +64,26 @@ def show_in_camera(scene, img) -> None:
     bg.image, bg.alpha, bg.display_depth = img, 1.0, "FRONT"
 
 
-def _loaded(s, payload: dict) -> None:
+def _pose_rig(s, avatar: str, body: dict) -> list[str]:
+    """The rig (made if none is chosen) posed like the photo's body, the camera like the photo's;
+    notes for the status line."""
     context = bpy.context
     notes = []
     if s.armature is None:
-        s.armature = rig.create_armature(context, payload["rest_joints"], name=f"avatar_{payload['avatar'][:6]}")
+        s.armature = rig.create_armature(context, body["rest_joints"], name=f"avatar_{avatar[:6]}")
     if rig.has_keyed_pose(s.armature):
         notes.append(f"'{s.armature.name}' is animated: its keyed pose was kept")
     else:
-        rig.write_pose(s.armature, payload["pose"], payload["transl"], rest_joints=payload["rest_joints"])
-    runtime.loaded = (payload["avatar"], payload["rest_joints"])
-    if scene_setup.use_fit_camera(context, payload["camera"]):
+        rig.write_pose(s.armature, body["pose"], body["transl"], rest_joints=body["rest_joints"])
+    runtime.loaded = (avatar, body["rest_joints"])
+    if scene_setup.use_fit_camera(context, body["camera"]):
         notes.append("camera set to the photo's")
     context.view_layer.update()   # evaluated bone positions follow the written pose
+    return notes
+
+
+def _loaded(s, payload: dict) -> None:
+    notes = _pose_rig(s, payload["avatar"], payload)
     s.status = f"loaded avatar {payload['avatar']}" + "".join(f"; {n}" for n in notes)
 
 
@@ -108,6 +115,8 @@ def apply_result(kind: str, payload: dict) -> None:
         s.progress = payload["iteration"] / total if payload["stage"] == "B" else 0.0
         eta = payload.get("eta_s")
         s.status = f"fit stage {payload['stage']} {payload['iteration']}/{total}" + (f", ETA {eta:.0f} s" if eta else "")
+        if payload.get("body") is not None and s.armature is None:   # photo only: the rig appears now
+            _pose_rig(s, payload["job"], payload["body"])
         if payload.get("preview") is not None:
             put_image(FIT_PREVIEW_IMAGE, payload["preview"]).preview_ensure()   # the panel shows its icon
     elif kind in ("done", "cancelled"):

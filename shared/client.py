@@ -121,8 +121,8 @@ class ServiceClient:
         return self.receive(self.send(type_, fields, frames), timeout)
 
     # ------------------------------------------------------------------ calls
-    def hello(self, client: str = "one-shot-avatar client") -> dict:
-        msg = self.request("hello", {"client": client, "protocol": P.PROTOCOL_VERSION})
+    def hello(self, client: str = "one-shot-avatar client", timeout: float | None = None) -> dict:
+        msg = self.request("hello", {"client": client, "protocol": P.PROTOCOL_VERSION}, timeout=timeout)
         return msg.fields["capabilities"]
 
     def ping(self) -> float:

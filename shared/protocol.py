@@ -263,8 +263,13 @@ MESSAGES = _types(
     MessageType("progress", {"job": required(string(64)), "stage": required(string(8)),
                              "iteration": required(integer(0, 1 << 31)), "total": required(integer(0, 1 << 31)),
                              "losses": optional(number_map(64)),
-                             "eta_s": optional(number(0.0))},
-                frames=("preview",), doc="server -> client during a fit; preview every N iterations"),
+                             "eta_s": optional(number(0.0)),
+                             "body": optional(record(pose=POSE, transl=TRANSL, camera=required(camera),
+                                                     rest_joints=required(array(24, 3))))},
+                frames=("preview",), doc="server -> client during a fit; preview every N iterations; once, "
+                                         "as stage B starts, the body the avatar is fitted on (estimated "
+                                         "from a photo alone, or the given one refined): a rig can be posed "
+                                         "like the photo before the fit ends"),
     MessageType("done", {"job": required(string(64)), "avatar": AVATAR_ID,
                          "warnings": optional(list_of(string(1000), 16))}),
     MessageType("cancel", {"job": required(string(64))}),

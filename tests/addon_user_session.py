@@ -357,7 +357,10 @@ s.armature = None
 s.preset = "tiny"
 rigs_before = {o.name for o in bpy.data.objects if o.type == "ARMATURE"}
 assert bpy.ops.one_shot_avatar.create() == {"FINISHED"}
-pump(lambda: s.status.startswith("loaded avatar") and s.armature is not None, 300, "a fit from the photo alone")
+rig_during_fit = []     # the rig appears, posed, as stage B starts: before the fit ends
+pump(lambda: rig_during_fit.append((s.armature is not None, s.status)) or s.status == "avatar ready", 300,
+     "a fit from the photo alone")
+assert any(made and status.startswith("fit stage B") for made, status in rig_during_fit), rig_during_fit[-5:]
 made = s.armature
 assert made.name not in rigs_before and rig.rig_kind(made) == "smpl"
 with sys.modules[f"{MOD}.shared.client"].ServiceClient(cfg["address"]) as client:

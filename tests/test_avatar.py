@@ -265,6 +265,47 @@ def test_avatar_file_errors(tmp_path, body_shaped, subject, open_body):
         load_avatar(tmp_path / "other.avatar", open_body)
 
 
+def test_hostile_avatar_files_allocate_nothing_and_open_nothing(tmp_path, body_shaped, subject, open_body,
+                                                                monkeypatch):
+    """Sizes in a file are checked before they size a tensor, and a body path named by a file
+    is never opened when the caller gives the body (as the server does)."""
+    import copy
+
+    import backend.avatar.avatar_file as avatar_file
+
+    avatar, _ = body_shaped
+    path = tmp_path / "a.avatar"
+    save_avatar(path, AvatarRecord(avatar, quick(), subject["camera"], subject["pose"], subject["transl"],
+                                   "open_body", "done", 0))
+    data = torch.load(path, weights_only=True)
+    for section, key, value, message in (("field", "channels", 10 ** 7, "field.channels = 10000000 is outside"),
+                                         ("render", "samples", 10 ** 9, "render.samples = 1000000000 is outside"),
+                                         ("stage_b", "input_size", -5, "stage_b.input_size = -5 is outside"),
+                                         ("field", "voxel", 1e-9, "field.voxel = 1e-09 is outside"),
+                                         ("field", "hidden", "64", "field.hidden: '64' is not a valid int"),
+                                         ("render", "margin", float("nan"), "render.margin: nan is not a valid float")):
+        bad = copy.deepcopy(data)
+        bad["config"][section][key] = value
+        torch.save(bad, tmp_path / "bad.avatar")
+        with pytest.raises(AvatarFileError, match=message.replace("(", r"\(")):
+            load_avatar(tmp_path / "bad.avatar", open_body)
+    bad = copy.deepcopy(data)
+    bad["config"]["name"] = "nonesuch"
+    torch.save(bad, tmp_path / "bad.avatar")
+    with pytest.raises(AvatarFileError, match="unknown preset 'nonesuch'"):
+        load_avatar(tmp_path / "bad.avatar", open_body)
+
+    bad = copy.deepcopy(data)
+    bad["body"] = {"spec": "/etc/shadow", "identity": "smpl-0123"}
+    torch.save(bad, tmp_path / "elsewhere.avatar")
+
+    def never(spec):
+        raise AssertionError(f"opened {spec}")
+    monkeypatch.setattr(avatar_file, "load_body_model", never)
+    with pytest.raises(AvatarFileError, match="made with body model smpl-0123"):
+        load_avatar(tmp_path / "elsewhere.avatar", open_body)
+
+
 def test_interrupted_fit_resumes_from_its_checkpoint(open_body, subject, tmp_path):
     cfg = dataclasses.replace(tiny(), stage_b=StageBConfig(iterations=8, input_size=32, novel_size=24,
                                                            checkpoint_every=2))

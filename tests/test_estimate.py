@@ -147,3 +147,38 @@ def test_init_drives_a_users_smpl_file_too(tmp_path, person):
     assert bones < 0.05 and bones < 0.5 * direction_loss(rest, init.guides)
     assert reprojection < 0.06 * SIZE
     assert abs(init.transl[2] - person["transl"][2]) / person["transl"][2] < 0.15
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_a_resumed_photo_only_fit_keeps_its_body_and_checkpoint(tmp_path, person, monkeypatch):
+    """A fit interrupted in stage B resumes from its checkpoint on the body the first run
+    fitted (landmarks and masks need not come out bit for bit the same again)."""
+    import backend.body_fit_job as body_fit_job
+    from backend.avatar.avatar_file import load_avatar
+    from backend.avatar_fit_job import run_avatar_fit
+
+    Image.fromarray(person["image"]).save(tmp_path / "me.png")
+    out = tmp_path / "me.avatar"
+
+    def stop_in_stage_b(rec):
+        if rec.get("stage", "B") == "B" and rec["iteration"] >= 14:   # tiny: checkpoints every 10
+            raise Interrupted()
+    with pytest.raises(Interrupted):
+        run_avatar_fit(photo=tmp_path / "me.png", preset="tiny", out=out, log=lambda m: None,
+                       progress=stop_in_stage_b)
+    first = load_avatar(out)
+    assert first.stage == "B" and first.iteration == 10 and (tmp_path / "me" / "mask.png").is_file()
+
+    def no_refit(*a, **k):
+        raise AssertionError("the body was fitted again on resume")
+    monkeypatch.setattr(body_fit_job, "run_body_fit", no_refit)
+    logs = []
+    result = run_avatar_fit(photo=tmp_path / "me.png", preset="tiny", out=out, log=logs.append)
+    assert any(m.startswith("resuming: the body fitted before the interruption is reused") for m in logs), logs
+    assert any("resuming from" in m and "iteration 10" in m for m in logs), logs
+    assert result.record.stage == "done" and result.record.iteration == 20
+    np.testing.assert_allclose(result.record.pose, first.pose)
+    np.testing.assert_allclose(result.record.transl, first.transl)

@@ -200,3 +200,72 @@ def test_one_server_per_store_and_private_files(tmp_path):
                            capture_output=True, text=True)
     assert rerun.returncode != 0 and "keys exist already" in rerun.stderr
     assert (keys / "server.key_secret").read_bytes() == before   # never overwritten
+
+
+def test_a_full_disk_during_a_fit_is_reported_and_the_worker_goes_on(tmp_path, fitted, subject_128, monkeypatch):
+    """In process (to make the disk 'full'): the checkpoint write fails, and so does recording
+    the failure in the store; the client still gets an `internal` error naming the cause, and
+    the worker renders the next request."""
+    import errno
+
+    import backend.avatar_fit_job as avatar_fit_job
+    from backend.service.store import AvatarStore
+    from backend.service.worker import Worker
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    store_dir = store_with(tmp_path, fitted, "good000000000001")
+    ctx = zmq.Context()
+    outbox = ctx.socket(zmq.PULL)
+    outbox.bind("inproc://test-outbox")
+    store = AvatarStore(store_dir)
+    worker = Worker(ctx, "inproc://test-outbox", store, device="cpu", preview_every=0)
+    worker.start()
+    try:
+        s = subject_128
+        avatar_id = store.create(s["photo"], s["mask"], s["pose"], None, s["transl"], s["camera"],
+                                 {"preset": "tiny", "prompt": "", "name": "", "body": "open_body", "fit_body": False})
+        monkeypatch.setattr(avatar_fit_job, "save_avatar", full)
+        monkeypatch.setattr(AvatarStore, "set_state", full)
+        worker.submit_fit(avatar_id, b"artist", 5)
+
+        def next_reply(timeout_s=120):
+            assert outbox.poll(timeout_s * 1000), "no reply from the worker"
+            identity, *parts = outbox.recv_multipart()
+            return identity, P.decode(parts)
+        while True:
+            identity, msg = next_reply()
+            if msg.type != "progress":
+                break
+        assert identity == b"artist" and msg.id == 5 and msg.type == "error"
+        assert msg.fields["code"] == P.INTERNAL and "No space left on device" in msg.fields["message"]
+        health = worker.health()
+        assert health["alive"] and health["failures"] == 1 and "fit" in health["last_error"]
+        assert worker.list_avatars()[-1]["stage"] == "failed"   # known as failed while it runs
+        v = view(s)
+        worker.submit_render(b"artist", 6, "good000000000001",
+                             {"pose": v["pose"], "transl": v["transl"], "camera": v["camera"].to_dict()}, "uint8")
+        identity, msg = next_reply()
+        assert msg.type == "frame" and msg.id == 6 and msg.frames["rgba"].shape == (64, 64, 4)
+    finally:
+        worker.stop()
+        outbox.close(linger=0)
+        ctx.term()
+        store.close()
+
+
+def test_the_soak_script_finds_nothing_lost_under_load_and_fuzz(tmp_path):
+    """benchmarks/service_soak.py at a smaller size (docs/speed.md has the full run)."""
+    import json
+
+    out = tmp_path / "soak.json"
+    proc = subprocess.run([sys.executable, "benchmarks/service_soak.py", "--fuzz", "2000", "--clients", "8",
+                           "--renders", "20", "--stream", "30", "--json", str(out)],
+                          env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    f, ld = result["fuzz"], result["load"]
+    assert f["server_answers"] and f["worker"]["alive"] and f["replies"] >= 0.5 * f["messages"]
+    assert f["rss_growth_mb"] < 200
+    assert ld["errors"] == [] and ld["renders"] == 8 * 20
+    assert ld["stream"]["frames"] == 30 and ld["stream"]["in_order"] and ld["stream"]["identical"]

@@ -78,7 +78,11 @@ def load_avatar(path, body: BodyModel | None = None, device="cpu") -> AvatarReco
     if data.get("version") != FORMAT_VERSION:
         raise AvatarFileError(f"{path}: avatar format version {data.get('version')} is not supported "
                               f"by this backend (it reads version {FORMAT_VERSION}); refit or update")
-    spec, identity = data["body"]["spec"], data["body"]["identity"]
+    try:
+        spec, identity = str(data["body"]["spec"]), str(data["body"]["identity"])
+        config = FitConfig.from_dict(data["config"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise AvatarFileError(f"{path}: a damaged or hostile avatar file ({exc})") from None
     if body is None:
         try:
             body = load_body_model(spec)
@@ -87,7 +91,6 @@ def load_avatar(path, body: BodyModel | None = None, device="cpu") -> AvatarReco
     if body.identity != identity:
         raise AvatarFileError(f"{path}: made with body model {identity}, but the loaded body is "
                               f"{body.identity}; use the same body model file as for the fit")
-    config = FitConfig.from_dict(data["config"])
     body = body.to(device)
     state = data["state"]
     avatar = Avatar(body, state["betas"].numpy()[0], config.field, config.motion, config.render).to(device)

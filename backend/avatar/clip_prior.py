@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import hashlib
 import json
 import logging
 import os
@@ -371,10 +372,35 @@ def _first_line(exc: BaseException, limit: int = 240) -> str:
     return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
 
 
+def _trusted_checksums() -> set[str]:
+    """SHA-256 of OpenAI's published TorchScript CLIP releases: their download URLs, which
+    open_clip's registry holds, name each file by its checksum (.../clip/models/<sha256>/X.pt)."""
+    sums = set()
+    for model_name, tag in open_clip.list_pretrained():
+        url = (open_clip.get_pretrained_cfg(model_name, tag) or {}).get("url", "")
+        if "openaipublic" in url and url.count("/") >= 2:
+            sums.add(url.split("/")[-2].lower())
+    return sums
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _load_weights(model: torch.nn.Module, path: Path, name: str) -> None:
     """open_clip's own loader (format conversions, position-embedding resizing), made strict here."""
     expect = f"expected open_clip weights for {name} (or OpenAI's TorchScript release)"
     jit = _is_torchscript(path)
+    if jit and _sha256(path) not in _trusted_checksums():
+        # loading TorchScript unpickles (and may run) whatever the file holds: only OpenAI's own
+        raise ClipWeightsError(f"{path} is a TorchScript archive but not one of OpenAI's published CLIP "
+                               "releases (its SHA-256 is not theirs), and loading TorchScript can run code "
+                               "from the file; use the safetensors weights from the Hugging Face hub instead "
+                               "(docs/clip.md)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TorchScript deprecation, torch.load dispatch notices

@@ -61,20 +61,62 @@ class FitConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "FitConfig":
-        def build(kind, value):
-            if dataclasses.is_dataclass(kind) and isinstance(value, dict):
-                fields = {f.name: f.type for f in dataclasses.fields(kind)}
-                defaults = kind()
-                return kind(**{k: build(type(getattr(defaults, k)), v) for k, v in value.items() if k in fields})
-            if isinstance(value, list):
-                return tuple(value)
-            return value
+        """A config read back from a file: every value type-checked, and the ones that size
+        tensors range-checked (SIZE_LIMITS), before anything is allocated. ValueError if not."""
+        def build(default, value, where):
+            if dataclasses.is_dataclass(default):
+                if not isinstance(value, dict):
+                    raise ValueError(f"config {where}: expected a map")
+                names = {f.name for f in dataclasses.fields(default)}
+                return dataclasses.replace(default, **{k: build(getattr(default, k), v, f"{where}.{k}")
+                                                       for k, v in value.items() if k in names})
+            return _checked_value(default, value, where)
+        if not isinstance(d, dict) or d.get("name", "quick") not in PRESETS:
+            raise ValueError(f"config: unknown preset {d.get('name') if isinstance(d, dict) else d!r}")
         defaults = PRESETS[d.get("name", "quick")]
-        kw = {}
-        for f in dataclasses.fields(cls):
-            if f.name in d:
-                kw[f.name] = build(type(getattr(defaults, f.name)), d[f.name])
-        return cls(**kw)
+        cfg = build(defaults, {k: v for k, v in d.items()}, "")
+        for (section, name), (lo, hi) in SIZE_LIMITS.items():
+            value = getattr(getattr(cfg, section), name)
+            if not lo <= value <= hi:
+                raise ValueError(f"config {section}.{name} = {value} is outside [{lo}, {hi}]")
+        return cfg
+
+
+def _checked_value(default, value, where: str):
+    import math
+
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    elif isinstance(default, str):
+        ok = isinstance(value, str) and len(value) <= 200
+    elif isinstance(default, tuple):
+        ok = isinstance(value, (list, tuple)) and len(value) == len(default) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+        value = tuple(value) if ok else value
+    else:
+        ok = False
+    if not ok:
+        raise ValueError(f"config {where.lstrip('.')}: {value!r:.60} is not a valid {type(default).__name__}")
+    return value
+
+
+# Values in a config file that size tensors or loops: a file outside these cannot make a
+# process allocate or run without bound (the presets sit well inside).
+SIZE_LIMITS = {
+    ("field", "voxel"): (0.004, 1.0), ("field", "channels"): (1, 64), ("field", "hidden"): (1, 512),
+    ("field", "layers"): (0, 8),
+    ("motion", "weight_voxel"): (0.01, 1.0), ("motion", "pose_hidden"): (1, 1024),
+    ("motion", "nonrigid_hidden"): (1, 1024),
+    ("render", "samples"): (1, 512), ("render", "chunk_rays"): (1, 1 << 20), ("render", "box_padding"): (0.0, 1.0),
+    ("render", "band_front"): (0.0, 1.0), ("render", "band_back"): (0.0, 1.0), ("render", "margin"): (0.0, 1.0),
+    ("stage_a", "iterations"): (0, 1_000_000), ("stage_a", "batch"): (1, 1 << 20), ("stage_a", "table"): (1, 10_000_000),
+    ("stage_b", "iterations"): (0, 1_000_000), ("stage_b", "input_size"): (8, 2048),
+    ("stage_b", "novel_size"): (8, 2048),
+}
 
 
 def quick() -> FitConfig:

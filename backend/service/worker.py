@@ -307,7 +307,16 @@ class Worker(threading.Thread):
                                                   "total": total, "losses": losses,
                                                   "eta_s": rec.get("eta_s")}, id=job.request_id)
 
+        told = []
+
         def on_step(stage, rec):
+            if not told and job.identity is not None:   # the body, once: the client can pose its rig now
+                told.append(True)
+                t = stage.target
+                self._send(job.identity, "progress", {
+                    "job": job.avatar_id, "stage": "B", "iteration": rec["iteration"], "total": rec.get("of", 0),
+                    "body": {"pose": t.pose, "transl": t.transl, "camera": t.camera.to_dict(),
+                             "rest_joints": _rest_joints(stage.avatar)}}, id=job.request_id)
             self._renders_between_iterations()
             if self.preview_every and rec["iteration"] % self.preview_every == 0 and job.identity is not None:
                 self._send(job.identity, "progress", {"job": job.avatar_id, "stage": "B",
@@ -366,7 +375,7 @@ class Worker(threading.Thread):
             path = self.store.avatar_path(avatar_id)
             if path.exists() and st["stage"] not in ("cancelled", "failed"):
                 try:
-                    rec = load_avatar(path, device="cpu")
+                    rec = load_avatar(path, body=self._served_body("cpu"), device="cpu")
                     st.update(stage=rec.stage, iteration=rec.iteration)
                 except AvatarError as exc:
                     log.warning("%s: %s", avatar_id, exc)
@@ -384,8 +393,19 @@ class Worker(threading.Thread):
         if cached is None or cached[0] != mtime:
             if len(self._cache) >= 4:
                 self._cache.pop(next(iter(self._cache)))
-            self._cache[avatar_id] = (mtime, load_avatar(path, device=self.device))
+            self._cache[avatar_id] = (mtime, load_avatar(path, body=self._served_body(self.device), device=self.device))
         return self._cache[avatar_id][1]
+
+    def _served_body(self, device):
+        """The one body this server offers (one instance per device: loading moves it there).
+        An avatar file names its body, but a file in the store must never make the server open
+        a path it names (a hostile SMPL 'file')."""
+        bodies = self.__dict__.setdefault("_bodies", {})
+        if str(device) not in bodies:
+            from backend.body.model import load_open_body
+
+            bodies[str(device)] = load_open_body()
+        return bodies[str(device)]
 
     def _frame(self, avatar_id: str, view: dict, fmt: str) -> tuple[np.ndarray, float]:
         start = time.perf_counter()
@@ -435,10 +455,10 @@ class Worker(threading.Thread):
                     return
                 if i == 0:   # big frames: fewer in flight, so a stalled client holds a bounded amount
                     s.window = max(1, min(s.window, P.MAX_STREAM_BYTES_IN_FLIGHT // max(1, img.nbytes)))
+                with self.lock:   # before the send: the client's ack of frame i may come back at once
+                    s.sent = i
                 self._send(s.identity, "frame", {"index": i, "stream": s.id, "seconds": seconds}, {"rgba": img},
                            id=s.request_id)
-                with self.lock:
-                    s.sent = i
             self._send(s.identity, "stream_done", {"stream": s.id, "count": len(s.views)}, id=s.request_id)
         finally:
             self._current_stream = None
