@@ -86,8 +86,12 @@ class ServiceClient:
         self._last_sent = time.monotonic()
 
     def receive(self, msg_id: int, timeout: float | None = None) -> P.Message:
-        """The next message answering request `msg_id` (heartbeats and others are skipped)."""
-        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        """The next message answering request `msg_id` (heartbeats and others are skipped).
+        TimeoutError after `timeout`, or sooner when the server falls silent (no message at all,
+        heartbeats included, for HEARTBEAT_S * HEARTBEAT_LIVENESS: it died or the network went)."""
+        start = time.monotonic()
+        deadline = start + (self.timeout if timeout is None else timeout)
+        silence = P.HEARTBEAT_S * P.HEARTBEAT_LIVENESS
         while True:
             now = time.monotonic()
             if now - self._last_sent > self.HEARTBEAT_S:
@@ -95,6 +99,8 @@ class ServiceClient:
             left = deadline - now
             if left <= 0:
                 raise TimeoutError(f"no answer from the backend within {self.timeout if timeout is None else timeout} s")
+            if now - max(self.last_heard, start) > silence:
+                raise TimeoutError(f"the backend has sent nothing for {silence:.0f} s (not even a heartbeat)")
             if self.should_stop is not None and self.should_stop():
                 raise TimeoutError("stopped while waiting for the backend")
             if not self.sock.poll(int(min(left, self.HEARTBEAT_S, self.STOP_CHECK_S) * 1000)):
@@ -204,6 +210,8 @@ class ServiceClient:
     def cancel_stream(self, request_id: int, timeout: float = 5.0) -> None:
         """Stop the server's render_stream sent as request `request_id` (frames already on their
         way are dropped by `receive`, which skips other requests' messages)."""
+        if time.monotonic() - self.last_heard > P.HEARTBEAT_S * P.HEARTBEAT_LIVENESS:
+            return   # the server fell silent (gone): nobody to tell, no reason to wait
         try:
             self.request("stream_cancel", {"request": request_id}, timeout=timeout)
         except (TimeoutError, ServiceError, zmq.ZMQError):

@@ -269,3 +269,22 @@ def test_the_soak_script_finds_nothing_lost_under_load_and_fuzz(tmp_path):
     assert f["rss_growth_mb"] < 200
     assert ld["errors"] == [] and ld["renders"] == 8 * 20
     assert ld["stream"]["frames"] == 30 and ld["stream"]["in_order"] and ld["stream"]["identical"]
+
+
+def test_a_backend_killed_during_a_stream_is_noticed_within_the_heartbeat_budget(tmp_path, fitted, subject_128):
+    store = store_with(tmp_path, fitted, "good000000000001")
+    server = ServerProcess(store)
+    try:
+        with ServiceClient(server.address, timeout=120) as c:    # a long timeout: liveness must be sooner
+            frames = c.render_stream("good000000000001", [view(subject_128)] * 1000, window=1)
+            assert next(frames)[0] == 0
+            server.kill(signal.SIGKILL)
+            killed = time.monotonic()
+            with pytest.raises(TimeoutError, match="sent nothing"):
+                for _ in frames:
+                    pass
+            noticed = time.monotonic() - killed
+            print(f"noticed after {noticed:.1f} s")
+            assert noticed < P.HEARTBEAT_S * P.HEARTBEAT_LIVENESS + 3
+    finally:
+        server.kill()
