@@ -51,12 +51,16 @@ def view(subject, scale=0.5):
 def test_a_failing_task_is_answered_and_the_worker_goes_on(tmp_path, fitted, subject_128):
     """A corrupt avatar file used to end the worker thread from inside a stream (only protocol
     errors were caught there) while the server kept answering pings."""
-    store = store_with(tmp_path, fitted, "good000000000001", "bad0000000000001")
+    store = store_with(tmp_path, fitted, "good000000000001", "bad0000000000001", "broken0000000001", "empty00000000001")
+    (store / "broken0000000001" / "job.json").write_text("{ not json")      # damaged store folders: the
+    (store / "empty00000000001" / "job.json").write_text("[]")              # server starts, serves the rest
     server = ServerProcess(store)
     try:
         with ServiceClient(server.address, timeout=30) as c:
             welcome = c.request("hello", {"client": "t", "protocol": P.PROTOCOL_VERSION}).fields
             assert welcome["worker"] == {"alive": True, "failures": 0, "last_error": None, "queued": 0}
+            assert sorted(a["id"] for a in c.list()) == ["bad0000000000001", "good000000000001"]
+            assert (store / "broken0000000001" / "job.json").read_text() == "{ not json"   # left as it was
             # the file breaks while the server runs (a disk error, a user's copy over it)
             (store / "bad0000000000001" / "avatar.avatar").write_bytes(b"\x00 not an avatar" * 100)
             with pytest.raises(ServiceError) as e:

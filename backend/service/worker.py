@@ -370,8 +370,16 @@ class Worker(threading.Thread):
         from backend.avatar.avatar_file import load_avatar
 
         for avatar_id in self.store.ids():
-            job = self.store.job(avatar_id)
-            st = {"stage": job.get("state") or "queued", "iteration": 0, "preset": job["preset"], "name": job.get("name", "")}
+            try:
+                job = self.store.job(avatar_id)
+                if not isinstance(job, dict) or job.get("preset") not in self.presets:
+                    raise ValueError(f"no served preset in it ({str(job)[:80]!r})")
+            except (OSError, ValueError) as exc:   # a damaged folder must not stop the server: left as it is
+                log.warning("%s: not served, its job.json is unreadable (%s); the folder is left untouched",
+                            avatar_id, exc)
+                continue
+            st = {"stage": job.get("state") or "queued", "iteration": 0, "preset": job["preset"],
+                  "name": str(job.get("name") or "")[:200]}
             path = self.store.avatar_path(avatar_id)
             if path.exists() and st["stage"] not in ("cancelled", "failed"):
                 try:
