@@ -292,3 +292,63 @@ def test_a_backend_killed_during_a_stream_is_noticed_within_the_heartbeat_budget
             assert noticed < P.HEARTBEAT_S * P.HEARTBEAT_LIVENESS + 3
     finally:
         server.kill()
+
+
+def test_oversized_parts_are_refused_before_allocation_and_streams_queue_is_bounded(tmp_path, fitted, subject_128):
+    store = store_with(tmp_path, fitted, "good000000000001")
+    server = ServerProcess(store, "--stream-ack-timeout", "30")
+    try:
+        with ServiceClient(server.address, timeout=30) as c:
+            c.ping()
+            rss = server.rss_kb()
+            # one part a byte over the limit: ZeroMQ drops the sender's connection after reading
+            # the part's size, before allocating it; nobody else notices
+            big = zmq.Context.instance().socket(zmq.DEALER)
+            big.setsockopt(zmq.LINGER, 0)
+            big.connect(server.address)
+            big.send_multipart([P.encode("ping")[0], bytes(P.MAX_PART_BYTES + 1)])
+            assert not big.poll(3000)                       # no answer: the connection was dropped
+            big.close()
+            assert c.health()["alive"] and server.rss_kb() - rss < 64_000    # kB: nothing near 128 MiB stayed
+
+            # the worker held by a stream that waits for acks; streams queue up to the limit, then busy
+            hold = _raw_stream(server.address, "good000000000001", [view(subject_128)] * 5, window=1)
+            assert hold.poll(30_000)
+            v = [view(subject_128)]
+            queued = [c.send("render_stream", {"avatar": "good000000000001", "views": [
+                {"pose": x["pose"].tolist(), "transl": x["transl"].tolist(), "camera": x["camera"].to_dict()}
+                for x in v]}) for _ in range(17)]
+            with pytest.raises(ServiceError) as e:
+                c.receive(queued[-1], timeout=10)
+            assert e.value.code == P.BUSY and "16 render streams" in e.value.message
+            assert c.health()["queued"] == 16
+            hold.send_multipart(P.encode("stream_cancel", {"request": 7}, id=9))
+            for msg_id in queued[:16]:                     # the queued ones are served once it ends
+                while c.receive(msg_id, timeout=60).type != "stream_done":
+                    pass
+            hold.close()
+    finally:
+        server.kill(signal.SIGTERM)
+
+
+def test_the_single_render_queue_is_bounded(tmp_path):
+    """In process, with the worker not started, so the queue only fills."""
+    from backend.service.limits import WorkerLimits
+    from backend.service.store import AvatarStore
+    from backend.service.worker import Worker
+
+    ctx = zmq.Context()
+    store = AvatarStore(tmp_path / "store")
+    worker = Worker(ctx, "inproc://unused", store, device="cpu", limits=WorkerLimits(max_queued_renders=3))
+    try:
+        for i in range(3):
+            worker.submit_render(b"c", i, "x" * 16, {}, "uint8")
+        with pytest.raises(P.ProtocolError) as e:
+            worker.submit_load(b"c", 4, "x" * 16)
+        assert e.value.code == P.BUSY and "3 renders are already waiting" in e.value.message
+        worker.drop_client(b"c")                           # a client's requests leave with it
+        worker.submit_render(b"d", 5, "x" * 16, {}, "uint8")
+        assert worker.health()["queued"] == 1
+    finally:
+        store.close()
+        ctx.term()
