@@ -21,6 +21,10 @@ import zmq
 from . import protocol as P
 
 
+# a server that sent nothing at all (heartbeats included) for this long is taken for gone
+SILENT_S = P.HEARTBEAT_S * P.HEARTBEAT_LIVENESS
+
+
 class ServiceError(Exception):
     def __init__(self, code: str, message: str):
         super().__init__(f"{code}: {message}")
@@ -91,7 +95,6 @@ class ServiceClient:
         heartbeats included, for HEARTBEAT_S * HEARTBEAT_LIVENESS: it died or the network went)."""
         start = time.monotonic()
         deadline = start + (self.timeout if timeout is None else timeout)
-        silence = P.HEARTBEAT_S * P.HEARTBEAT_LIVENESS
         while True:
             now = time.monotonic()
             if now - self._last_sent > self.HEARTBEAT_S:
@@ -99,8 +102,8 @@ class ServiceClient:
             left = deadline - now
             if left <= 0:
                 raise TimeoutError(f"no answer from the backend within {self.timeout if timeout is None else timeout} s")
-            if now - max(self.last_heard, start) > silence:
-                raise TimeoutError(f"the backend has sent nothing for {silence:.0f} s (not even a heartbeat)")
+            if self._silent(since=start):
+                raise TimeoutError(f"the backend has sent nothing for {SILENT_S:.0f} s (not even a heartbeat)")
             if self.should_stop is not None and self.should_stop():
                 raise TimeoutError("stopped while waiting for the backend")
             if not self.sock.poll(int(min(left, self.HEARTBEAT_S, self.STOP_CHECK_S) * 1000)):
@@ -114,13 +117,16 @@ class ServiceClient:
                 raise ServiceError(msg.fields["code"], msg.fields["message"])
             return msg
 
+    def _silent(self, since: float = 0.0) -> bool:
+        """Whether the server has sent nothing for SILENT_S (counted from `since` at the earliest)."""
+        return time.monotonic() - max(self.last_heard, since) > SILENT_S
+
     def check_alive(self) -> None:
         """TimeoutError when the server has sent nothing, not even a heartbeat, for longer than
         its heartbeats allow (it died or the network went): for callers that poll `receive`
         with short timeouts while a long task runs."""
-        silent = time.monotonic() - self.last_heard
-        if silent > P.HEARTBEAT_S * P.HEARTBEAT_LIVENESS:
-            raise TimeoutError(f"the backend has sent nothing for {silent:.0f} s")
+        if self._silent():
+            raise TimeoutError(f"the backend has sent nothing for {time.monotonic() - self.last_heard:.0f} s")
 
     def request(self, type_: str, fields: dict | None = None, frames: dict | None = None,
                 timeout: float | None = None) -> P.Message:
@@ -210,7 +216,7 @@ class ServiceClient:
     def cancel_stream(self, request_id: int, timeout: float = 5.0) -> None:
         """Stop the server's render_stream sent as request `request_id` (frames already on their
         way are dropped by `receive`, which skips other requests' messages)."""
-        if time.monotonic() - self.last_heard > P.HEARTBEAT_S * P.HEARTBEAT_LIVENESS:
+        if self._silent():
             return   # the server fell silent (gone): nobody to tell, no reason to wait
         try:
             self.request("stream_cancel", {"request": request_id}, timeout=timeout)

@@ -44,13 +44,12 @@ class StoreInUse(RuntimeError):
 
 
 class AvatarStore:
-    def __init__(self, root, lock: bool = True):
+    def __init__(self, root):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.root, 0o700)
         self._lock_file = None
-        if lock:
-            self._lock()
+        self._lock()
 
     def _lock(self) -> None:
         try:

@@ -95,6 +95,7 @@ class Worker(threading.Thread):
         self._cache: dict[str, tuple[float, object]] = {}
         # seconds a single render waited during a fit (the latest ones: memory stays bounded)
         self.render_delays: collections.deque[float] = collections.deque(maxlen=1000)
+        self._bodies: dict[str, object] = {}   # the served body, per device
         self._scan_store()
 
     # ------------------------------------------------------------------ called by the network thread
@@ -107,8 +108,7 @@ class Worker(threading.Thread):
     def check_room_for_fit(self) -> None:
         """Called before a fit's inputs are stored: a full queue stores nothing."""
         with self.lock:
-            if len(self.fits) >= self.limits.max_queued_fits:
-                raise P.ProtocolError(P.BUSY, f"{len(self.fits)} fits are already queued; try again later")
+            _room(self.fits, self.limits.max_queued_fits, "fits are already queued")
 
     def capabilities(self, max_side: int) -> dict:
         return {"device": str(self.device), "body_models": ["open_body"], "clip": self._clip_spec() is not None,
@@ -151,16 +151,13 @@ class Worker(threading.Thread):
 
     def _queue_render(self, req: RenderRequest) -> None:
         with self.lock:
-            if len(self.renders) >= self.limits.max_queued_renders:
-                raise P.ProtocolError(P.BUSY, f"{len(self.renders)} renders are already waiting; try again later")
+            _room(self.renders, self.limits.max_queued_renders, "renders are already waiting")
             self.renders.append(req)
             self.lock.notify_all()
 
     def submit_stream(self, stream: Stream) -> None:
         with self.lock:
-            if len(self.streams) >= self.limits.max_streams:
-                raise P.ProtocolError(P.BUSY, f"{len(self.streams)} render streams are already waiting; "
-                                              f"try again later")
+            _room(self.streams, self.limits.max_streams, "render streams are already waiting")
             self.streams.append(stream)
             self.lock.notify_all()
 
@@ -257,8 +254,6 @@ class Worker(threading.Thread):
         log.exception("%s failed", kind)
         self.failures += 1
         self.last_error = f"{kind}: {type(exc).__name__}: {exc}"[:P.MAX_STRING]
-        identity = item.identity
-        request_id = item.request_id
         what = f"fit {item.avatar_id}" if kind == "fit" else kind
         try:
             if kind == "fit":
@@ -266,7 +261,7 @@ class Worker(threading.Thread):
         except Exception:  # noqa: BLE001 - e.g. a full disk: the reply below still goes out
             log.exception("recording the failed fit %s", item.avatar_id)
         try:
-            self._error(identity, request_id, P.INTERNAL, f"{what} failed: {type(exc).__name__}: {exc}")
+            self._error(item.identity, item.request_id, P.INTERNAL, f"{what} failed: {type(exc).__name__}: {exc}")
         except Exception:  # noqa: BLE001
             log.exception("replying to a failed %s", kind)
 
@@ -307,11 +302,12 @@ class Worker(threading.Thread):
                                                   "total": total, "losses": losses,
                                                   "eta_s": rec.get("eta_s")}, id=job.request_id)
 
-        told = []
+        told_body = False
 
         def on_step(stage, rec):
-            if not told and job.identity is not None:   # the body, once: the client can pose its rig now
-                told.append(True)
+            nonlocal told_body
+            if not told_body and job.identity is not None:   # the body, once: the client can pose its rig now
+                told_body = True
                 t = stage.target
                 self._send(job.identity, "progress", {
                     "job": job.avatar_id, "stage": "B", "iteration": rec["iteration"], "total": rec.get("of", 0),
@@ -408,12 +404,11 @@ class Worker(threading.Thread):
         """The one body this server offers (one instance per device: loading moves it there).
         An avatar file names its body, but a file in the store must never make the server open
         a path it names (a hostile SMPL 'file')."""
-        bodies = self.__dict__.setdefault("_bodies", {})
-        if str(device) not in bodies:
+        if str(device) not in self._bodies:
             from backend.body.model import load_open_body
 
-            bodies[str(device)] = load_open_body()
-        return bodies[str(device)]
+            self._bodies[str(device)] = load_open_body()
+        return self._bodies[str(device)]
 
     def _frame(self, avatar_id: str, view: dict, fmt: str) -> tuple[np.ndarray, float]:
         start = time.perf_counter()
@@ -494,6 +489,12 @@ class Worker(threading.Thread):
         self._error(s.identity, s.request_id, P.TIMEOUT,
                     f"stream {s.id}: no ack for {timeout:g} s after frame {s.acked}; the stream was stopped")
         return False
+
+
+def _room(queue, limit: int, what: str) -> None:
+    """`busy` when the queue is at its limit."""
+    if len(queue) >= limit:
+        raise P.ProtocolError(P.BUSY, f"{len(queue)} {what}; try again later")
 
 
 def _preview(stage, side: int = 128) -> np.ndarray:
