@@ -186,20 +186,25 @@ class ServiceClient:
     def cancel(self, job: str) -> None:
         self.request("cancel", {"job": job})
 
-    def render(self, avatar: str, pose, transl, camera: dict, fmt: str = "uint8") -> np.ndarray:
+    def render(self, avatar: str, pose, transl, camera: dict, fmt: str = "uint8", depth: bool = False):
+        """(H, W, 4) RGBA; with depth=True (rgba, depth): depth (H, W) float32, the avatar's camera
+        depth in metres where alpha > 0, else 0."""
         view = {"pose": _list(pose), "transl": _list(transl), "camera": _camera(camera)}
-        return self.request("render", {"avatar": avatar, "view": view, "format": fmt}).frames["rgba"]
+        msg = self.request("render", {"avatar": avatar, "view": view, "format": fmt, "depth": depth or None})
+        return (msg.frames["rgba"], msg.frames["depth"]) if depth else msg.frames["rgba"]
 
-    def render_stream(self, avatar: str, views: list[dict], window: int = 4, fmt: str = "uint8"
-                      ) -> Iterator[tuple[int, np.ndarray]]:
+    def render_stream(self, avatar: str, views: list[dict], window: int = 4, fmt: str = "uint8",
+                      depth: bool = False) -> Iterator[tuple]:
         """Frames in order, each acknowledged as it arrives (the server sends at most `window`
         ahead). views: dicts with pose, transl and camera; any number of them: they are sent
         P.STREAM_CHUNK at a time so no request exceeds the protocol's header limit. Leaving the
-        loop early (break, an exception, close()) cancels the stream on the server."""
+        loop early (break, an exception, close()) cancels the stream on the server. Yields
+        (index, rgba), or (index, rgba, depth) with depth=True."""
         for start in range(0, len(views), P.STREAM_CHUNK):
             chunk = [{"pose": _list(v["pose"]), "transl": _list(v["transl"]), "camera": _camera(v["camera"])}
                      for v in views[start:start + P.STREAM_CHUNK]]
-            msg_id = self.send("render_stream", {"avatar": avatar, "views": chunk, "format": fmt, "window": window})
+            msg_id = self.send("render_stream", {"avatar": avatar, "views": chunk, "format": fmt, "window": window,
+                                                 "depth": depth or None})
             finished = False
             try:
                 while True:
@@ -208,7 +213,8 @@ class ServiceClient:
                         finished = True
                         break
                     self.send("ack", {"stream": msg.fields["stream"], "index": msg.fields["index"]})
-                    yield start + msg.fields["index"], msg.frames["rgba"]
+                    index = start + msg.fields["index"]
+                    yield (index, msg.frames["rgba"], msg.frames["depth"]) if depth else (index, msg.frames["rgba"])
             finally:
                 if not finished:
                     self.cancel_stream(msg_id)

@@ -191,6 +191,9 @@ POSE = required(array(POSE_DIM))
 TRANSL = required(array(3))
 AVATAR_ID = required(string(128))
 FORMAT = optional(string(16, ("uint8", "float16")))
+# also send the avatar's depth with each frame: a float32 H x W `depth` frame, the expected camera
+# depth (z along the camera's viewing axis, metres) of the volume render where alpha > 0, else 0
+DEPTH = optional(boolean)
 
 
 def _camera_ok(cam: dict, where: str) -> dict:
@@ -291,16 +294,17 @@ MESSAGES = _types(
                            "warnings": optional(list_of(string(1000), 16))},
                 doc="server -> client: the fitted body (pose, translation, rest joints for a rig) and the photo's camera"),
     # rendering
-    MessageType("render", {"avatar": AVATAR_ID, "view": required(VIEW), "format": FORMAT},
+    MessageType("render", {"avatar": AVATAR_ID, "view": required(VIEW), "format": FORMAT, "depth": DEPTH},
                 doc="client -> server: one frame; answered by frame"),
-    MessageType("render_stream", {"avatar": AVATAR_ID, "views": required(list_of(VIEW, MAX_SEQUENCE)),
+    MessageType("render_stream", {"avatar": AVATAR_ID, "views": required(list_of(VIEW, MAX_SEQUENCE)), "depth": DEPTH,
                                   "format": FORMAT, "window": optional(integer(1, 64))},
                 doc="client -> server: frames come back in order, at most `window` unacknowledged"),
     MessageType("ack", {"stream": required(string(64)), "index": required(integer(0, MAX_SEQUENCE))},
                 doc="client -> server: frame `index` of a stream was received (back-pressure)"),
     MessageType("frame", {"index": required(integer(0, MAX_SEQUENCE)), "stream": optional(string(64)),
                           "seconds": optional(number(0.0))},
-                frames=("rgba",), doc="server -> client: an RGBA image (uint8 or float16, straight alpha)"),
+                frames=("rgba", "depth"), doc="server -> client: an RGBA image (uint8 or float16, straight alpha) "
+                                               "[+ its depth, float32 H x W, when asked for]"),
     MessageType("stream_done", {"stream": required(string(64)), "count": required(integer(0, MAX_SEQUENCE))}),
     MessageType("stream_cancel", {"request": required(integer(0, (1 << 63) - 1))},
                 doc="client -> server: stop the render_stream sent with this request id; answered by "

@@ -1,6 +1,7 @@
 """A real backend server process on 127.0.0.1 with a random port, for tests."""
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,3 +31,15 @@ class ServerProcess:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
             self.proc.wait(timeout=30)
+
+
+def store_with(tmp_path: Path, fitted: Path, *ids: str) -> Path:
+    """A new store holding copies of the fitted avatar folder under the given ids."""
+    store = tmp_path / "store"
+    for avatar_id in ids:
+        shutil.copytree(fitted, store / avatar_id)
+    return store
+
+
+def view(subject, scale=0.5) -> dict:
+    return {"pose": subject["pose"], "transl": subject["transl"], "camera": subject["camera"].scaled(scale)}

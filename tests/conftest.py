@@ -41,3 +41,24 @@ def subject_128():
     rgb, mask = render_flat(body, pose, betas, transl, cam, np.ones((128, 128, 3)))
     return {"photo": (rgb * 255).round().astype(np.uint8), "mask": (mask * 255).astype(np.uint8),
             "pose": pose, "transl": transl, "camera": cam}
+
+
+@pytest.fixture(scope="session")
+def fitted(tmp_path_factory, subject_128):
+    """A finished tiny avatar's store folder (fitted once by a real server, copied into tests' stores)."""
+    import signal
+
+    from shared.client import ServiceClient
+    from tests.backend_process import ServerProcess
+
+    store = tmp_path_factory.mktemp("fitted") / "store"
+    server = ServerProcess(store)
+    try:
+        with ServiceClient(server.address, timeout=60) as c:
+            msg_id, job, _ = c.start_fit(subject_128["photo"], subject_128["pose"], subject_128["transl"],
+                                         subject_128["camera"], mask=subject_128["mask"], preset="tiny",
+                                         fit_body=False)
+            assert c.wait_fit(msg_id, timeout=300).type == "done"
+    finally:
+        server.kill(signal.SIGTERM)
+    return store / job

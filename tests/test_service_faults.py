@@ -2,7 +2,6 @@
 a failing task never ends the worker, an abandoned stream never blocks the others, queues are
 bounded, avatars can be deleted, one server per store, private keys and store."""
 import os
-import shutil
 import signal
 import stat
 import subprocess
@@ -15,37 +14,10 @@ import zmq
 
 from shared import protocol as P
 from shared.client import ServiceClient, ServiceError
-from tests.backend_process import ServerProcess
+from tests.backend_process import ServerProcess, store_with, view
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, PYTHONPATH=str(ROOT))
-
-
-@pytest.fixture(scope="module")
-def fitted(tmp_path_factory, subject_128):
-    """A finished tiny avatar's store folder (fitted once, copied into each test's store)."""
-    store = tmp_path_factory.mktemp("fitted") / "store"
-    server = ServerProcess(store)
-    try:
-        with ServiceClient(server.address, timeout=60) as c:
-            msg_id, job, _ = c.start_fit(subject_128["photo"], subject_128["pose"], subject_128["transl"],
-                                         subject_128["camera"], mask=subject_128["mask"], preset="tiny",
-                                         fit_body=False)
-            assert c.wait_fit(msg_id, timeout=300).type == "done"
-    finally:
-        server.kill(signal.SIGTERM)
-    return store / job
-
-
-def store_with(tmp_path, fitted, *ids) -> Path:
-    store = tmp_path / "store"
-    for avatar_id in ids:
-        shutil.copytree(fitted, store / avatar_id)
-    return store
-
-
-def view(subject, scale=0.5):
-    return {"pose": subject["pose"], "transl": subject["transl"], "camera": subject["camera"].scaled(scale)}
 
 
 def test_a_failing_task_is_answered_and_the_worker_goes_on(tmp_path, fitted, subject_128):

@@ -39,6 +39,7 @@ class Rendered:
     alpha: torch.Tensor      # (H, W)
     body_mask: torch.Tensor  # (H, W) bool: hard silhouette of the posed body model
     rays: int                # rays marched (for the speed report)
+    depth: torch.Tensor | None = None  # (H, W) expected camera depth (z, metres) of the volume, 0 where alpha is 0
 
 
 class Avatar(torch.nn.Module):
@@ -105,29 +106,39 @@ class Avatar(torch.nn.Module):
         rgb = bg.expand(H, W, 3).clone()
         alpha = torch.zeros(H, W, device=dev)
         if not covered.any():
-            return Rendered(rgb, alpha, covered, 0)
+            return Rendered(rgb, alpha, covered, 0, torch.zeros(H, W, device=dev))
         ray_pix, src_pix = self._rays(camera, covered, depth)
         faces = self.body.faces[face_index.reshape(-1)[src_pix]]
         w_ray = (bary.reshape(-1, 3)[src_pix, :, None] * self.body.weights[faces]).sum(1)
         z_surf = depth.reshape(-1)[src_pix]
-        colours, alphas = [], []
+        colours, alphas, depths = [], [], []
         chunk = ray_pix.numel() if torch.is_grad_enabled() else cfg.chunk_rays
         for s in range(0, ray_pix.numel(), chunk):
-            c, a = self._march(camera, K, R, t, ray_pix[s:s + chunk], z_surf[s:s + chunk],
-                               w_ray[s:s + chunk], transforms, pose_c, bg, jitter, generator)
+            c, a, z = self._march(camera, K, R, t, ray_pix[s:s + chunk], z_surf[s:s + chunk],
+                                  w_ray[s:s + chunk], transforms, pose_c, bg, jitter, generator)
             colours.append(c)
             alphas.append(a)
+            depths.append(z)
         rgb = rgb.reshape(-1, 3).index_put((ray_pix,), torch.cat(colours)).reshape(H, W, 3)
         alpha = alpha.reshape(-1).index_put((ray_pix,), torch.cat(alphas)).reshape(H, W)
-        return Rendered(rgb, alpha, covered, int(ray_pix.numel()))
+        depth = torch.zeros(H * W, device=dev).index_put((ray_pix,), torch.cat(depths)).reshape(H, W)
+        return Rendered(rgb, alpha, covered, int(ray_pix.numel()), depth)
 
     @torch.no_grad()
     def render_rgba(self, camera: PinholeCamera, pose, transl) -> torch.Tensor:
         """(H, W, 4) in [0, 1] with straight (not premultiplied) alpha: for files and for
         compositing over anything (Blender, the add-on's viewport)."""
+        return self.render_layers(camera, pose, transl)[0]
+
+    @torch.no_grad()
+    def render_layers(self, camera: PinholeCamera, pose, transl) -> tuple[torch.Tensor, torch.Tensor]:
+        """render_rgba's image and the avatar's depth (H, W): the expected camera depth (z along
+        the camera's axis, metres) of the volume render where alpha > 0, else 0; for compositing
+        with a scene by depth."""
         out = self.render(camera, pose, transl, background=(0.0, 0.0, 0.0))  # premultiplied colour
         straight = out.rgb / out.alpha[..., None].clamp(min=1e-6)
-        return torch.cat([straight, out.alpha[..., None]], -1).clamp(0, 1)
+        rgba = torch.cat([straight, out.alpha[..., None]], -1).clamp(0, 1)
+        return rgba, torch.where(out.alpha > 0, out.depth, torch.zeros_like(out.depth))
 
     def _rays(self, camera: PinholeCamera, covered: torch.Tensor, depth: torch.Tensor):
         """Flat indices of the pixels to march (the body silhouette grown by `margin` metres)
@@ -174,4 +185,6 @@ class Avatar(torch.nn.Module):
         weight = a * trans
         acc = weight.sum(1)
         rgb = (weight[..., None] * colour).sum(1) + (1.0 - acc)[:, None] * bg
-        return rgb, acc
+        # expected depth of what is seen (never a loss: kept out of the autograd graph)
+        depth = (weight.detach() * z).sum(1) / acc.detach().clamp(min=1e-6)
+        return rgb, acc, depth

@@ -243,12 +243,13 @@ class Server:
     def _on_render(self, identity, msg) -> None:
         f = msg.fields
         self._known(f["avatar"])
-        self.worker.submit_render(identity, msg.id, f["avatar"], f["view"], f["format"] or "uint8")
+        self.worker.submit_render(identity, msg.id, f["avatar"], f["view"], f["format"] or "uint8", bool(f["depth"]))
 
     def _on_render_stream(self, identity, msg) -> None:
         f = msg.fields
         self._known(f["avatar"])
-        stream = Stream(identity, msg.id, f["avatar"], f["views"], f["format"] or "uint8", f["window"] or 4)
+        stream = Stream(identity, msg.id, f["avatar"], f["views"], f["format"] or "uint8", f["window"] or 4,
+                        depth=bool(f["depth"]))
         self.worker.submit_stream(stream)
 
     def _known(self, avatar_id: str) -> None:

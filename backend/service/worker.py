@@ -55,6 +55,7 @@ class Stream:
     views: list
     format: str
     window: int
+    depth: bool = False         # send each frame's depth too
     id: str = dataclasses.field(default_factory=lambda: secrets.token_hex(6))
     acked: int = -1
     sent: int = -1              # the last frame index sent: an ack beyond it counts only up to it
@@ -69,6 +70,7 @@ class RenderRequest:
     view: dict
     format: str
     load_only: bool = False     # a `load`: warm the cache and describe the avatar, no image
+    depth: bool = False         # send the frame's depth too
     received: float = dataclasses.field(default_factory=time.perf_counter)
 
 
@@ -143,8 +145,9 @@ class Worker(threading.Thread):
                 return True
         return False
 
-    def submit_render(self, identity: bytes, request_id: int, avatar: str, view: dict, fmt: str) -> None:
-        self._queue_render(RenderRequest(identity, request_id, avatar, view, fmt))
+    def submit_render(self, identity: bytes, request_id: int, avatar: str, view: dict, fmt: str,
+                      depth: bool = False) -> None:
+        self._queue_render(RenderRequest(identity, request_id, avatar, view, fmt, depth=depth))
 
     def submit_load(self, identity: bytes, request_id: int, avatar: str) -> None:
         self._queue_render(RenderRequest(identity, request_id, avatar, {}, "", load_only=True))
@@ -410,14 +413,18 @@ class Worker(threading.Thread):
             self._bodies[str(device)] = load_open_body()
         return self._bodies[str(device)]
 
-    def _frame(self, avatar_id: str, view: dict, fmt: str) -> tuple[np.ndarray, float]:
+    def _frame(self, avatar_id: str, view: dict, fmt: str, depth: bool = False) -> tuple[dict, float]:
+        """The frames of one `frame` message ({"rgba"[, "depth"]}) and the seconds it took."""
         start = time.perf_counter()
         rec = self._avatar(avatar_id)
         cam = view["camera"]
         camera = PinholeCamera(cam["K"], cam["R"], cam["t"], cam["width"], cam["height"])
-        rgba = rec.avatar.render_rgba(camera, view["pose"], view["transl"])
+        rgba, z = rec.avatar.render_layers(camera, view["pose"], view["transl"])
         img = (rgba * 255).round().to(torch.uint8) if fmt == "uint8" else rgba.to(torch.float16)
-        return img.cpu().numpy(), time.perf_counter() - start
+        frames = {"rgba": img.cpu().numpy()}
+        if depth:   # 0 exactly where the alpha sent is 0 (uint8 rounds the faintest alpha to 0)
+            frames["depth"] = torch.where(img[..., 3] > 0, z, torch.zeros_like(z)).float().cpu().numpy()
+        return frames, time.perf_counter() - start
 
     def _render_request(self, req: RenderRequest) -> None:
         if self.running is not None:
@@ -431,7 +438,7 @@ class Worker(threading.Thread):
                     "rest_joints": _rest_joints(rec.avatar),
                     "warnings": list((rec.report or {}).get("warnings", []))[:16]}, id=req.request_id)
                 return
-            img, seconds = self._frame(req.avatar, req.view, req.format)
+            frames, seconds = self._frame(req.avatar, req.view, req.format, req.depth)
         except P.ProtocolError as exc:
             self._error(req.identity, req.request_id, exc.code, exc.message)
             return
@@ -439,7 +446,7 @@ class Worker(threading.Thread):
             log.exception("render failed")
             self._error(req.identity, req.request_id, P.INTERNAL, f"render failed: {exc}")
             return
-        self._send(req.identity, "frame", {"index": 0, "seconds": seconds}, {"rgba": img}, id=req.request_id)
+        self._send(req.identity, "frame", {"index": 0, "seconds": seconds}, frames, id=req.request_id)
 
     def _all_streams(self):
         current = [self._current_stream] if getattr(self, "_current_stream", None) is not None else []
@@ -452,15 +459,16 @@ class Worker(threading.Thread):
                 if not self._wait_for_acks(s, i):
                     return
                 try:
-                    img, seconds = self._frame(s.avatar, view, s.format)
+                    frames, seconds = self._frame(s.avatar, view, s.format, s.depth)
                 except P.ProtocolError as exc:
                     self._error(s.identity, s.request_id, exc.code, exc.message)
                     return
                 if i == 0:   # big frames: fewer in flight, so a stalled client holds a bounded amount
-                    s.window = max(1, min(s.window, P.MAX_STREAM_BYTES_IN_FLIGHT // max(1, img.nbytes)))
+                    nbytes = sum(f.nbytes for f in frames.values())
+                    s.window = max(1, min(s.window, P.MAX_STREAM_BYTES_IN_FLIGHT // max(1, nbytes)))
                 with self.lock:   # before the send: the client's ack of frame i may come back at once
                     s.sent = i
-                self._send(s.identity, "frame", {"index": i, "stream": s.id, "seconds": seconds}, {"rgba": img},
+                self._send(s.identity, "frame", {"index": i, "stream": s.id, "seconds": seconds}, frames,
                            id=s.request_id)
             self._send(s.identity, "stream_done", {"stream": s.id, "count": len(s.views)}, id=s.request_id)
         finally:
