@@ -36,26 +36,28 @@ class AvatarFitResult:
     body_fit: object = None   # BodyFitJobResult when the body was fitted in this run
 
 
-def _input_key(photo: np.ndarray, mask: np.ndarray, pose, betas, transl, cfg: FitConfig, prompt) -> str:
-    h = hashlib.sha256()
-    for a in (photo, mask, pose, betas, transl):
-        h.update(np.ascontiguousarray(np.asarray(a, dtype=np.float32)).tobytes())
-    h.update(json.dumps(cfg.to_dict(), sort_keys=True).encode())
-    h.update((prompt or "").encode())
+def _digest(arrays, *texts: str, salt: bytes = b"") -> str:
+    """A short hash of arrays (as float32; None allowed) and texts."""
+    h = hashlib.sha256(salt)
+    for a in arrays:
+        h.update(b"-" if a is None else np.ascontiguousarray(np.asarray(a, dtype=np.float32)).tobytes())
+    for text in texts:
+        h.update(text.encode())
     return h.hexdigest()[:16]
+
+
+def _input_key(photo: np.ndarray, mask: np.ndarray, pose, betas, transl, cfg: FitConfig, prompt) -> str:
+    return _digest((photo, mask, pose, betas, transl), json.dumps(cfg.to_dict(), sort_keys=True), prompt or "")
 
 
 def _job_key(given, body_spec: str, cfg: FitConfig, prompt) -> str:
     """What a fit with the body fit is made from: the user's inputs (not the fitted body, which
     GrabCut, the estimator or a GPU may not reproduce bit for bit)."""
-    h = hashlib.sha256(b"fit_body")
     arrays = [given.image, given.mask, given.camera.K, given.camera.R, given.camera.t]
     if given.params is not None:
         arrays += [given.params.pose, given.params.betas, given.params.transl]
-    for a in arrays:
-        h.update(b"-" if a is None else np.ascontiguousarray(np.asarray(a, dtype=np.float32)).tobytes())
-    h.update(json.dumps([cfg.to_dict(), prompt or "", str(body_spec)], sort_keys=True, default=str).encode())
-    return h.hexdigest()[:16]
+    return _digest(arrays, json.dumps([cfg.to_dict(), prompt or "", str(body_spec)], sort_keys=True, default=str),
+                   salt=b"fit_body")
 
 
 def _body_of_unfinished_fit(out: Path, body: BodyModel, key: str, given, work: Path, log):

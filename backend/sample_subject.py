@@ -129,6 +129,18 @@ def camera_exif(focal_px: float, side: int, focal_mm: int = 50) -> Image.Exif:
     return exif
 
 
+def small_subject(body: BodyModel, size: int = 128) -> dict:
+    """The sample person on white at `size` px with its true parameters, as a rig would give
+    them (photo and mask uint8): for tests and service benchmarks."""
+    pose = subject_pose()
+    betas = np.zeros(body.num_betas)
+    transl = frame_body(body, pose, betas, DISTANCE)
+    cam = PinholeCamera.from_focal(FOCAL * size / SIZE, size, size)
+    rgb, mask = render_flat(body, pose, betas, transl, cam, np.ones((size, size, 3)))
+    return {"photo": (rgb * 255).round().astype(np.uint8), "mask": (mask * 255).astype(np.uint8),
+            "pose": pose, "transl": transl, "camera": cam}
+
+
 def write_sample_subject(body: BodyModel, folder: Path, seed: int = 0) -> Path:
     """Write gt_image.png (with the camera's EXIF), gt_mask.png, gt_params.npz (rough) and
     true_params.npz into folder."""

@@ -42,21 +42,6 @@ from shared.client import ServiceClient  # noqa: E402
 SIZE = 128
 
 
-def sample_subject():
-    from backend.body.model import load_open_body
-    from backend.sample_subject import DISTANCE, FOCAL, frame_body, render_flat, subject_pose
-    from shared.camera import PinholeCamera
-
-    body = load_open_body()
-    pose = subject_pose()
-    betas = np.zeros(body.num_betas)
-    transl = frame_body(body, pose, betas, DISTANCE)
-    cam = PinholeCamera.from_focal(FOCAL * SIZE / 512, SIZE, SIZE)
-    rgb, mask = render_flat(body, pose, betas, transl, cam, np.ones((SIZE, SIZE, 3)))
-    return {"photo": (rgb * 255).round().astype(np.uint8), "mask": (mask * 255).astype(np.uint8),
-            "pose": pose, "transl": transl, "camera": cam}
-
-
 def rss_kb(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -208,7 +193,10 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
 
-    subject = sample_subject()
+    from backend.body.model import load_open_body
+    from backend.sample_subject import small_subject
+
+    subject = small_subject(load_open_body(), SIZE)
     with tempfile.TemporaryDirectory() as tmp:
         store = Path(tmp) / "store"
         store.mkdir()

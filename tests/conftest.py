@@ -25,22 +25,11 @@ def tiny_clip():
 
 
 @pytest.fixture(scope="session")
-def subject_128():
+def subject_128(open_body):
     """The sample person's photo at 128 px with its true parameters (as a rig would give them)."""
-    import numpy as np
+    from backend.sample_subject import small_subject
 
-    from backend.body.model import load_open_body
-    from backend.sample_subject import DISTANCE, FOCAL, frame_body, render_flat, subject_pose
-    from shared.camera import PinholeCamera
-
-    body = load_open_body()
-    pose = subject_pose()
-    betas = np.zeros(body.num_betas)
-    transl = frame_body(body, pose, betas, DISTANCE)
-    cam = PinholeCamera.from_focal(FOCAL / 4, 128, 128)
-    rgb, mask = render_flat(body, pose, betas, transl, cam, np.ones((128, 128, 3)))
-    return {"photo": (rgb * 255).round().astype(np.uint8), "mask": (mask * 255).astype(np.uint8),
-            "pose": pose, "transl": transl, "camera": cam}
+    return small_subject(open_body, 128)
 
 
 @pytest.fixture(scope="session")

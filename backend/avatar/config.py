@@ -7,6 +7,7 @@ because stage A starts from the body in 3D and the field is a fast tri-plane).
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from backend.avatar.field import FieldConfig
 from backend.avatar.model import RenderConfig
@@ -74,7 +75,7 @@ class FitConfig:
         if not isinstance(d, dict) or d.get("name", "quick") not in PRESETS:
             raise ValueError(f"config: unknown preset {d.get('name') if isinstance(d, dict) else d!r}")
         defaults = PRESETS[d.get("name", "quick")]
-        cfg = build(defaults, {k: v for k, v in d.items()}, "")
+        cfg = build(defaults, d, "")
         for (section, name), (lo, hi) in SIZE_LIMITS.items():
             value = getattr(getattr(cfg, section), name)
             if not lo <= value <= hi:
@@ -83,8 +84,6 @@ class FitConfig:
 
 
 def _checked_value(default, value, where: str):
-    import math
-
     if isinstance(default, bool):
         ok = isinstance(value, bool)
     elif isinstance(default, int):

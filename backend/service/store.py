@@ -21,6 +21,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import time
 from pathlib import Path
 
@@ -114,8 +115,6 @@ class AvatarStore:
 
     def delete(self, avatar_id: str) -> None:
         """Remove an avatar's folder: first renamed out of the listing (atomic), then removed."""
-        import shutil
-
         folder = self.folder(avatar_id)
         gone = self.root / f".deleted-{avatar_id}-{secrets.token_hex(4)}"
         os.replace(folder, gone)
