@@ -1,5 +1,6 @@
 """The render job: an .avatar file + a turntable, a pose sequence or a camera path -> PNG frames
-(and an MP4 when imageio-ffmpeg is installed)."""
+(or OpenEXR frames with linear premultiplied RGBA and depth, backend/render/exr.py) and an MP4
+when imageio-ffmpeg is installed."""
 from __future__ import annotations
 
 import json
@@ -14,6 +15,7 @@ from PIL import Image
 from backend.avatar.avatar_file import load_avatar
 from backend.avatar.sampling import body_up, orbit_from_camera
 from backend.errors import InputError
+from backend.render.exr import openexr, write_rgbaz   # OpenEXR itself is imported only when used
 from shared.camera import MAX_IMAGE_SIDE, PinholeCamera
 from shared.smpl import POSE_DIM
 
@@ -76,11 +78,14 @@ def turntable_cameras(camera: PinholeCamera, pose, body_vertices: np.ndarray, fr
     return [orbit_from_camera(camera, centre, up, 360.0 * i / frames) for i in range(frames)]
 
 
-def _write_mp4(frames: list[np.ndarray], path: Path, fps: int, log) -> bool:
+FRAME_FORMATS = ("png", "exr")
+
+
+def _write_mp4(frames: list[np.ndarray], path: Path, fps: int, log, frame_format: str = "png") -> bool:
     try:
         import imageio_ffmpeg
     except ImportError:
-        log("MP4 skipped: install imageio-ffmpeg for videos (PNG frames written)")
+        log(f"MP4 skipped: install imageio-ffmpeg for videos ({frame_format.upper()} frames written)")
         return False
     h, w = frames[0].shape[:2]
     writer = imageio_ffmpeg.write_frames(str(path), (w, h), fps=fps, macro_block_size=1)
@@ -92,11 +97,19 @@ def _write_mp4(frames: list[np.ndarray], path: Path, fps: int, log) -> bool:
 
 
 def render_avatar(avatar_path, out_dir, *, turntable: int = 0, poses=None, cameras=None, scale: float = 1.0,
-                  device="cpu", fps: int = 24, log: Callable[[str], None] = print) -> list[Path]:
-    """Render frames; exactly one of turntable (> 0 frames), poses (file) or cameras (file)."""
+                  device="cpu", fps: int = 24, frame_format: str = "png",
+                  log: Callable[[str], None] = print) -> list[Path]:
+    """Render frames; exactly one of turntable (> 0 frames), poses (file) or cameras (file).
+    frame_format "png": RGBA PNGs, sRGB colour with straight alpha; "exr": OpenEXR files with
+    linear premultiplied RGBA and Z depth (backend/render/exr.py). The MP4 (sRGB over white) is
+    written either way when imageio-ffmpeg is installed."""
     chosen = [bool(turntable), poses is not None, cameras is not None]
     if sum(chosen) != 1:
         raise InputError("choose exactly one of --turntable N, --poses FILE or --cameras FILE")
+    if frame_format not in FRAME_FORMATS:
+        raise InputError(f"unknown frame format {frame_format!r}: choose one of {', '.join(FRAME_FORMATS)}")
+    if frame_format == "exr":
+        openexr()   # no OpenEXR package: say so before loading and rendering anything
     rec = load_avatar(avatar_path, device=device)
     if rec.stage != "done":
         log(f"note: {avatar_path} is an unfinished fit (iteration {rec.iteration}); rendering it as it is")
@@ -120,14 +133,20 @@ def render_avatar(avatar_path, out_dir, *, turntable: int = 0, poses=None, camer
     written, images = [], []
     start = time.perf_counter()
     for i, (cam, pose, transl) in enumerate(jobs):
-        rgba = avatar.render_rgba(cam, pose, transl).cpu().numpy()
-        img = (rgba * 255).round().astype(np.uint8)
-        path = out_dir / f"frame_{i:04d}.png"
-        Image.fromarray(img, "RGBA").save(path)
+        if frame_format == "exr":
+            rgba_t, depth_t = avatar.render_layers(cam, pose, transl)   # the same image as render_rgba's
+            rgba = rgba_t.cpu().numpy()
+            # sRGB -> linear and premultiplied inside; Z: depth, 1e10 where empty
+            path = write_rgbaz(out_dir / f"frame_{i:04d}.exr", rgba, depth_t.cpu().numpy())
+        else:
+            rgba = avatar.render_rgba(cam, pose, transl).cpu().numpy()
+            img = (rgba * 255).round().astype(np.uint8)
+            path = out_dir / f"frame_{i:04d}.png"
+            Image.fromarray(img, "RGBA").save(path)
         written.append(path)
         over_white = rgba[..., :3] * rgba[..., 3:] + (1.0 - rgba[..., 3:])
         images.append((over_white * 255).round().astype(np.uint8))
         log(f"  frame {i + 1}/{len(jobs)}  {time.perf_counter() - start:.1f} s")
-    if len(images) > 1 and _write_mp4(images, out_dir / "video.mp4", fps, log):
+    if len(images) > 1 and _write_mp4(images, out_dir / "video.mp4", fps, log, frame_format):
         written.append(out_dir / "video.mp4")
     return written

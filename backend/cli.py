@@ -69,7 +69,8 @@ def _cmd_render(args) -> int:
     from backend.avatar_render_job import render_avatar
 
     files = render_avatar(args.avatar, args.out, turntable=args.turntable, poses=args.poses, cameras=args.cameras,
-                          scale=args.scale, device=resolve_device(args.device), fps=args.fps)
+                          scale=args.scale, device=resolve_device(args.device), fps=args.fps,
+                          frame_format=args.format)
     print(f"wrote {len(files)} files to {args.out}")
     return 0
 
@@ -294,6 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--cameras", type=Path, help="camera path JSON: {cameras: [{K, R, t, width, height}]}")
     render.add_argument("--scale", type=float, default=1.0, help="image size relative to the photo")
     render.add_argument("--fps", type=int, default=24)
+    render.add_argument("--format", default="png", choices=["png", "exr"],
+                        help="png: RGBA, sRGB colour, straight alpha; exr: OpenEXR with linear premultiplied "
+                             "RGBA and depth Z in metres (1e10 where empty), for compositing")
     render.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     render.add_argument("--out", type=Path, default=Path("out/render"))
     render.set_defaults(func=_cmd_render)

@@ -9,7 +9,7 @@ PNG files. docs/addon.md walks through it.
 """
 import bpy
 
-from . import live, operators, preferences, results
+from . import live, operators, preferences, results, viewport
 from .runtime import runtime
 
 
@@ -49,6 +49,30 @@ def _photo_changed(self, context):
         self.status = f"could not use the photo: {exc}"[:200]
 
 
+def _in_renders_changed(self, context):
+    """The checkbox puts the avatar into (or takes it out of) the scene's compositing."""
+    try:
+        from . import compositing
+
+        if self.in_renders and self.avatar_id:
+            notes = compositing.install(context.scene)
+            self.status = "the avatar is in F12 and Render Animation" + "".join(f"; {n}" for n in notes)
+        elif not self.in_renders:
+            compositing.uninstall(context.scene)
+            self.status = "the avatar is no longer in Blender's renders"
+    except Exception as exc:  # noqa: BLE001 - an update callback must not raise into the UI
+        self.status = f"could not change the compositing: {exc}"[:200]
+
+
+def _shadow_proxy_changed(self, context):
+    try:
+        notes = results.shadow_proxy_notes(self)
+        self.status = ("; ".join(notes) if notes else
+                       "shadow proxy removed" if not self.shadow_proxy else "load an avatar to add its shadow proxy")
+    except Exception as exc:  # noqa: BLE001 - an update callback must not raise into the UI
+        self.status = f"could not change the shadow proxy: {exc}"[:200]
+
+
 class AvatarSettings(bpy.types.PropertyGroup):
     photo: bpy.props.StringProperty(name="Photo", subtype="FILE_PATH", update=_photo_changed,
                                     description="A photo of one person, whole body in view")
@@ -67,8 +91,20 @@ class AvatarSettings(bpy.types.PropertyGroup):
     # runtime state, reset when a .blend is opened (live._on_file_loaded)
     status: bpy.props.StringProperty(name="Status", default="not connected")
     progress: bpy.props.FloatProperty(name="Progress", min=0.0, max=1.0, subtype="FACTOR")
-    live_preview: bpy.props.BoolProperty(name="Live preview", default=True,
-                                         description="Render the avatar whenever the frame, pose or camera changes")
+    live_preview: bpy.props.BoolProperty(name="Camera background", default=True,
+                                         description="Also show the avatar as the active camera's background "
+                                                     "image, rendered whenever the frame, pose or camera changes")
+    show_in_viewport: bpy.props.BoolProperty(
+        name="Show in viewport", default=True,
+        description="Draw the avatar in the 3D viewport from any perspective view, hidden behind the scene's "
+                    "geometry (a quarter size while you navigate or scrub, full size at rest)")
+    in_renders: bpy.props.BoolProperty(
+        name="In F12 and Render Animation", default=True, update=_in_renders_changed,
+        description="Composite the avatar by depth into Blender's own renders (a node in the scene's "
+                    "compositor, fetched from the backend for every rendered frame)")
+    shadow_proxy: bpy.props.BoolProperty(
+        name="Shadow proxy", default=True, update=_shadow_proxy_changed,
+        description="A hidden body mesh bound to the rig, so the avatar casts shadows in Cycles and EEVEE")
     output_dir: bpy.props.StringProperty(name="Output", subtype="DIR_PATH", default="//avatar_frames/",
                                          description="Where 'Render avatar animation' writes its PNG frames")
 
@@ -113,10 +149,15 @@ class VIEW3D_PT_one_shot_avatar(bpy.types.Panel):
         row = box.row()
         row.operator("one_shot_avatar.load")
         row.operator("one_shot_avatar.preview")
-        box.prop(s, "live_preview")
+        row = box.row()
+        row.prop(s, "show_in_viewport")
+        row.prop(s, "live_preview")
 
         box = layout.box()
         box.label(text="Render", icon="RENDER_ANIMATION")
+        box.prop(s, "in_renders")
+        box.prop(s, "shadow_proxy")
+        box.label(text="Avatar layer only (PNG):")
         box.prop(s, "output_dir")
         row = box.row()
         row.operator("one_shot_avatar.render_animation")
@@ -132,11 +173,13 @@ def register():
         bpy.utils.register_class(cls)
     bpy.types.Scene.one_shot_avatar = bpy.props.PointerProperty(type=AvatarSettings)
     live.add_handlers()
+    viewport.add_handler()
 
 
 def unregister():
     # stop the connection thread and close its socket first (Blender must not hang on quit)
     live.remove_handlers()
+    viewport.remove_handler()
     results.stop_timer()
     if runtime.connection is not None:
         runtime.connection.close()

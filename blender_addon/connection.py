@@ -75,7 +75,7 @@ class Connection:
         self.results: queue.Queue = queue.Queue()
         self.status = "connecting"
         self.capabilities: dict | None = None
-        self._latest_render = None            # (key, view, avatar): only the newest is rendered
+        self._latest_render: dict = {}        # slot -> (key, avatar, view, depth): the newest per slot
         self._lock = threading.Lock()
         self._cancel_job: str | None = None
         self._cancel_stream = False
@@ -89,10 +89,12 @@ class Connection:
         self.tasks.put((kind, kw))
         self._wake.set()
 
-    def request_render(self, key, avatar: str, view: dict) -> None:
-        """Live preview: replaces any render still waiting."""
+    def request_render(self, key, avatar: str, view: dict, slot="camera", depth: bool = False) -> None:
+        """Live preview (slot "camera") or a viewport region's frame (its slot): replaces a render
+        still waiting for the same slot; the slots take turns."""
         with self._lock:
-            self._latest_render = (key, avatar, view)
+            self._latest_render.pop(slot, None)   # (re-inserted last: the other slots go first)
+            self._latest_render[slot] = (key, avatar, view, depth)
         self._wake.set()
 
     def cancel_fit(self, job: str) -> None:
@@ -166,11 +168,13 @@ class Connection:
 
     def _serve_one(self, client: ServiceClient) -> None:
         with self._lock:
-            render, self._latest_render = self._latest_render, None
+            slot = next(iter(self._latest_render), None)
+            render = self._latest_render.pop(slot) if slot is not None else None
         if render is not None:
-            key, avatar, view = render
-            rgba = client.render(avatar, view["pose"], view["transl"], view["camera"])
-            self._post("frame", key=key, rgba=rgba)
+            key, avatar, view, depth = render
+            out = client.render(avatar, view["pose"], view["transl"], view["camera"], depth=depth)
+            rgba, z = out if depth else (out, None)
+            self._post("frame", key=key, slot=slot, rgba=rgba, depth=z)
             return
         try:
             kind, kw = self.tasks.get(timeout=POLL_S)

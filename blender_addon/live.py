@@ -3,7 +3,8 @@
 While the artist scrubs or poses, frames are asked for at the preferences' scrubbing size (a
 quarter by default) so a CPU or remote backend keeps up; once nothing has changed for IDLE_S
 seconds the same view is asked for at full size. Blender's own renders (F12, Render Animation)
-and operators that walk the timeline ask for nothing. Every handler is @persistent (it survives
+ask for their frames through compositing.fetch_frame; operators that walk the timeline ask for
+nothing. Every handler is @persistent (it survives
 File > Open) and swallows its own errors (a handler that raises is reported on every frame).
 """
 from __future__ import annotations
@@ -14,7 +15,7 @@ import bpy
 import numpy as np
 from bpy.app.handlers import persistent
 
-from . import preferences
+from . import compositing, preferences
 from .runtime import now, runtime
 
 IDLE_S = 0.4
@@ -73,6 +74,19 @@ def _on_change(scene, depsgraph=None):
 
 
 @persistent
+def _on_frame(scene, depsgraph=None):
+    try:
+        if runtime.rendering and depsgraph is not None:
+            # Blender's render prepares a frame (its own depsgraph, after render_pre): the avatar's
+            # layers for this frame's compositing
+            compositing.fetch_frame(scene, depsgraph)
+        else:
+            on_scene_change(scene)
+    except Exception:  # noqa: BLE001 - never break the artist's frame changes or renders
+        traceback.print_exc()
+
+
+@persistent
 def _on_render_start(scene, *_):
     runtime.rendering = True
 
@@ -80,6 +94,10 @@ def _on_render_start(scene, *_):
 @persistent
 def _on_render_end(scene, *_):
     runtime.rendering = False
+    try:
+        compositing.close_render_client()
+    except Exception:  # noqa: BLE001
+        traceback.print_exc()
 
 
 @persistent
@@ -91,7 +109,7 @@ def _on_file_loaded(*_):
         s.status, s.progress = ("connected" if runtime.connection is not None else "not connected"), 0.0
 
 
-HOOKS = (("frame_change_post", _on_change), ("depsgraph_update_post", _on_change),
+HOOKS = (("frame_change_post", _on_frame), ("depsgraph_update_post", _on_change),
          ("render_init", _on_render_start), ("render_pre", _on_render_start),
          ("render_complete", _on_render_end), ("render_cancel", _on_render_end),
          ("load_post", _on_file_loaded))

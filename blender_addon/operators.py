@@ -45,17 +45,21 @@ def current_view(context, scale: float = 1.0, avatar_id: str | None = None) -> d
     """The armature's pose and the scene camera, as the backend takes them (ValueError with a
     user-readable line when something is missing). With `avatar_id` loaded, the rig's pose is
     mapped onto that avatar's own rest skeleton."""
-    s = settings(context)
+    return scene_view(context.scene, context.evaluated_depsgraph_get(), scale, avatar_id)
+
+
+def scene_view(scene, depsgraph, scale: float = 1.0, avatar_id: str | None = None) -> dict:
+    """current_view for a given depsgraph (a render's own, while Blender renders a frame)."""
+    s = scene.one_shot_avatar
     if s.armature is None:
         raise ValueError("choose the SMPL armature in the panel (or add one with 'Add SMPL rig')")
-    if context.scene.camera is None:
+    if scene.camera is None:
         raise ValueError("the scene has no active camera")
-    depsgraph = context.evaluated_depsgraph_get()
     try:
         pose, transl = rig.read_pose(s.armature, depsgraph, rest_joints=runtime.rest_joints(avatar_id))
     except KeyError as exc:
         raise ValueError(str(exc).strip("'\"")) from None
-    cam = camera_dict(context.scene, context.scene.camera, depsgraph)
+    cam = camera_dict(scene, scene.camera, depsgraph)
     if not MIN_IMAGE_SIDE <= min(cam["width"], cam["height"]) <= max(cam["width"], cam["height"]) <= MAX_IMAGE_SIDE:
         raise ValueError(f"the render size {cam['width']} x {cam['height']} (with its %) is outside "
                          f"{MIN_IMAGE_SIDE}..{MAX_IMAGE_SIDE} pixels a side")

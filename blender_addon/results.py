@@ -12,7 +12,7 @@ import traceback
 import bpy
 import numpy as np
 
-from . import live, rig, scene_setup
+from . import live, rig, scene_setup, viewport
 from .runtime import runtime
 
 PREVIEW_IMAGE = "Avatar Preview"
@@ -82,8 +82,32 @@ def _pose_rig(s, avatar: str, body: dict) -> list[str]:
     return notes
 
 
+def shadow_proxy_notes(s) -> list[str]:
+    """Make (or remove) the rig's shadow proxy as the checkbox says; notes for the status line."""
+    from . import proxy
+
+    if s.armature is None:
+        return []
+    if not s.shadow_proxy or runtime.proxy_mesh is None or runtime.loaded is None:
+        proxy.remove_proxy(s.armature)
+        return []
+    why = proxy.unsupported_reason(s.armature, runtime.loaded[1])
+    if why is not None:
+        proxy.remove_proxy(s.armature)
+        return [why]
+    proxy.make_proxy(bpy.context, s.armature, runtime.proxy_mesh, runtime.loaded[1])
+    return ["shadow proxy added"]
+
+
 def _loaded(s, payload: dict) -> None:
     notes = _pose_rig(s, payload["avatar"], payload)
+    runtime.proxy_mesh = payload.get("proxy")
+    viewport.scheduler.forget()   # frames of another avatar (or an older fit) are not this one's
+    notes += shadow_proxy_notes(s)
+    if s.in_renders:   # F12 and Render Animation now include the avatar
+        from . import compositing
+
+        notes += compositing.install(bpy.context.scene)
     s.status = f"loaded avatar {payload['avatar']}" + "".join(f"; {n}" for n in notes)
 
 
@@ -131,7 +155,10 @@ def apply_result(kind: str, payload: dict) -> None:
     elif kind == "loaded":
         _loaded(s, payload)
     elif kind == "frame":
-        show_in_camera(bpy.context.scene, put_image(PREVIEW_IMAGE, payload["rgba"]))
+        if payload.get("slot", "camera") == "camera":
+            show_in_camera(bpy.context.scene, put_image(PREVIEW_IMAGE, payload["rgba"]))
+        else:
+            viewport.on_frame(payload)
     elif kind == "stream_frame":
         frame = runtime.stream_frames[payload["index"]]
         save_frame(payload["rgba"], os.path.join(runtime.stream_dir, f"frame_{frame:04d}.png"))
@@ -157,10 +184,11 @@ def poll_results():
                 settings().status = f"could not apply '{kind}': {type(exc).__name__}: {exc}"[:200]
             except Exception:  # noqa: BLE001 - no scene (e.g. while a file loads): the console has it
                 pass
-    try:
-        live.tick()
-    except Exception:  # noqa: BLE001
-        traceback.print_exc()
+    for tick in (live.tick, viewport.tick):
+        try:
+            tick()
+        except Exception:  # noqa: BLE001
+            traceback.print_exc()
     return POLL_S
 
 

@@ -22,6 +22,10 @@ class Runtime:
     last_change: float = 0.0
     errors: int = 0                  # results that could not be applied (each reported once)
     loaded: tuple | None = None      # (avatar id, its (24, 3) rest joints) after Load
+    proxy_mesh: dict | None = None   # the loaded avatar's body mesh (`loaded.proxy`), for its shadow proxy
+    render_client: object = None     # ServiceClient for Blender's own renders (compositing.fetch_frame)
+    render_frames: int = 0           # avatar frames put into Blender's renders this session
+    render_problems: list = dataclasses.field(default_factory=list)   # frames rendered without it, why
 
     def rest_joints(self, avatar_id: str):
         """The loaded avatar's rest skeleton (rigs map their pose onto it exactly), else None."""

@@ -180,8 +180,12 @@ class ServiceClient:
 
     def load(self, avatar: str) -> dict:
         """Get an avatar ready on the server; returns its stage, preset, fitted `pose` and
-        `transl` and the photo's `camera` (to pose a rig and a camera like the photo)."""
-        return self.request("load", {"avatar": avatar}).fields
+        `transl`, the body's `rest_joints` and the photo's `camera` (to pose a rig and a camera
+        like the photo), and `proxy`: the body's rest-pose mesh with its skinning, {vertices
+        (V, 3) float32, faces (F, 3) int32, joint_index (V, K) uint8, joint_weight (V, K)
+        float32} (a rig's shadow proxy; None from a server that sends none)."""
+        msg = self.request("load", {"avatar": avatar})
+        return {**msg.fields, "proxy": P.proxy_from_frames(msg.frames)}
 
     def cancel(self, job: str) -> None:
         self.request("cancel", {"job": job})

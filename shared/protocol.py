@@ -7,7 +7,8 @@ runs in Blender's own Python. A message is a ZeroMQ multipart message:
 
 `header` is a msgpack map {"v": PROTOCOL_VERSION, "type": <name>, "id": <request id>, ...fields,
 "frames": [{"dtype": "uint8" | "float16" | "float32", "shape": [...]}, ...]} and each frame is the
-raw C-order bytes of one array (images travel as raw frames, never inside msgpack). Every
+raw C-order bytes of one array (images travel as raw frames, never inside msgpack; so does the
+body mesh of `loaded`, as tables of a fixed dtype each: ArrayFrame). Every
 inbound message is checked on decode: sizes before unpacking (msgpack's own limits too), then
 the type, every field's type, shape, range and finiteness; anything else is a ProtocolError
 with a code and a human message, which the receiver sends back as an `error` message.
@@ -22,9 +23,9 @@ import msgpack
 import numpy as np
 
 from .camera import MAX_IMAGE_SIDE, MIN_IMAGE_SIDE
-from .smpl import POSE_DIM
+from .smpl import NUM_JOINTS, POSE_DIM
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2   # 2: depth frames with renders, the body mesh (proxy) in `loaded`
 DEFAULT_PORT = 5557
 
 MAX_HEADER_BYTES = 1 << 20          # a header is small: parameters, never pixels
@@ -49,6 +50,17 @@ MAX_BETAS = 300
 HEARTBEAT_S = 2.0
 HEARTBEAT_LIVENESS = 5
 FRAME_DTYPES = ("uint8", "float16", "float32")
+# The body mesh in `loaded` (a client's shadow proxy, bound to its rig): `proxy_vertices` float32
+# Vx3 (rest pose, SMPL frame), `proxy_faces` int32 Fx3, and linear-blend skinning as the K
+# strongest joints of each vertex, `proxy_joint_index` uint8 VxK and `proxy_joint_weight` float32
+# VxK (each row sums to 1). Sizes: SMPL 6890 vertices / 13776 faces, the open body 13718 / 27420
+# (its vertices have up to 7 joints: fewer than 7 moves some by ~1 cm in a pose), SMPL-X 10475.
+PROXY_KEYS = ("vertices", "faces", "joint_index", "joint_weight")
+PROXY_FRAMES = tuple(f"proxy_{k}" for k in PROXY_KEYS)
+PROXY_MAX_VERTICES = 1 << 16
+PROXY_MAX_FACES = 1 << 17
+PROXY_MAX_INFLUENCES = 8
+PROXY_WEIGHT_SUM_TOLERANCE = 1e-3
 
 # error codes (the `code` field of an `error` message)
 BAD_MESSAGE = "bad_message"         # not a valid multipart msgpack message at all
@@ -217,6 +229,58 @@ WORKER_HEALTH = record(alive=required(boolean), failures=required(integer(0, 1 <
                        last_error=optional(string(MAX_STRING)), queued=required(integer(0, 1 << 31)))
 
 
+@dataclasses.dataclass(frozen=True)
+class ArrayFrame:
+    """A frame that is no image: a table of one dtype, `rows` x `cols` (ranges, inclusive)."""
+    dtype: str
+    rows: tuple[int, int]
+    cols: tuple[int, int]
+
+
+def _proxy_ok(frames: dict) -> None:
+    """The proxy frames of a `loaded`: all four or none, of one vertex count, faces and joints
+    indexing what exists, weights non-negative and summing to 1 per vertex."""
+    present = [n for n in PROXY_FRAMES if n in frames]
+    if not present:
+        return
+    if len(present) != len(PROXY_FRAMES):
+        _fail("loaded", f"proxy frames come all together ({', '.join(PROXY_FRAMES)}); got only {present}")
+    v, f, ji, jw = (frames[n] for n in PROXY_FRAMES)
+    V = v.shape[0]
+    if ji.shape[0] != V or jw.shape != ji.shape:
+        _fail("loaded.proxy", f"{V} vertices but joint_index {list(ji.shape)} and joint_weight {list(jw.shape)}")
+    if f.min() < 0 or f.max() >= V:
+        _fail("loaded.proxy_faces", f"vertex indices outside 0..{V - 1}")
+    if ji.max() >= NUM_JOINTS:
+        _fail("loaded.proxy_joint_index", f"joint indices outside 0..{NUM_JOINTS - 1}")
+    if not np.isfinite(v).all():   # (a receiver checks every float frame; this is for senders)
+        _fail("loaded.proxy_vertices", "contains NaN or Inf")
+    if not (jw.min() >= 0 and np.abs(jw.sum(1, dtype=np.float64) - 1.0).max() <= PROXY_WEIGHT_SUM_TOLERANCE):
+        _fail("loaded.proxy_joint_weight", "weights must be >= 0 and sum to 1 for every vertex")
+
+
+def proxy_frames(proxy: dict | None) -> dict[str, np.ndarray]:
+    """A proxy mesh {vertices, faces, joint_index, joint_weight} as the frames of `loaded`."""
+    if proxy is None:
+        return {}
+    return {f"proxy_{k}": np.ascontiguousarray(proxy[k], dtype=PROXY_ARRAYS[f"proxy_{k}"].dtype)
+            for k in PROXY_KEYS}
+
+
+def proxy_from_frames(frames: dict) -> dict | None:
+    """The proxy mesh {vertices, faces, joint_index, joint_weight} a `loaded` carried (None: none)."""
+    if PROXY_FRAMES[0] not in frames:
+        return None
+    return {k: frames[f"proxy_{k}"] for k in PROXY_KEYS}
+
+
+_vertex_rows = (1, PROXY_MAX_VERTICES)
+PROXY_ARRAYS = dict(zip(PROXY_FRAMES, (
+    ArrayFrame("float32", _vertex_rows, (3, 3)), ArrayFrame("int32", (1, PROXY_MAX_FACES), (3, 3)),
+    ArrayFrame("uint8", _vertex_rows, (1, PROXY_MAX_INFLUENCES)),
+    ArrayFrame("float32", _vertex_rows, (1, PROXY_MAX_INFLUENCES)))))
+
+
 # --------------------------------------------------------------------------- message types
 
 @dataclasses.dataclass(frozen=True)
@@ -225,6 +289,11 @@ class MessageType:
     fields: dict[str, Check]
     frames: tuple[str, ...] = ()       # names of the frames it carries (all may be optional)
     doc: str = ""
+    # frames that are tables, not images (the others follow the image rules: FRAME_DTYPES, 1 to 3
+    # sides of at most MAX_IMAGE_SIDE)
+    arrays: dict[str, ArrayFrame] = dataclasses.field(default_factory=dict)
+    # checks across the decoded frames (shapes that must agree, index ranges); raises ProtocolError
+    check_frames: Callable[[dict], None] | None = None
 
 
 _HEADER_KEYS = ("v", "type", "id", "frames")
@@ -292,7 +361,9 @@ MESSAGES = _types(
                            "pose": POSE, "transl": TRANSL, "camera": required(camera),
                            "rest_joints": required(array(24, 3)),
                            "warnings": optional(list_of(string(1000), 16))},
-                doc="server -> client: the fitted body (pose, translation, rest joints for a rig) and the photo's camera"),
+                frames=PROXY_FRAMES, arrays=PROXY_ARRAYS, check_frames=_proxy_ok,
+                doc="server -> client: the fitted body (pose, translation, rest joints for a rig) and the photo's "
+                    "camera [+ the body's rest-pose mesh with skinning, a shadow proxy for a rig: PROXY_FRAMES]"),
     # rendering
     MessageType("render", {"avatar": AVATAR_ID, "view": required(VIEW), "format": FORMAT, "depth": DEPTH},
                 doc="client -> server: one frame; answered by frame"),
@@ -343,10 +414,14 @@ def encode(type_: str, fields: dict | None = None, frames: dict[str, np.ndarray]
     for name in spec.frames:
         if name in frames:
             a = np.ascontiguousarray(frames[name])
-            if a.dtype.name not in FRAME_DTYPES:
+            if name in spec.arrays:
+                _check_array_frame(spec, name, a.dtype.name, list(a.shape))
+            elif a.dtype.name not in FRAME_DTYPES:
                 raise ProtocolError(BAD_FIELD, f"frame {name}: dtype {a.dtype} is not one of {FRAME_DTYPES}")
             header["frames"].append({"name": name, "dtype": a.dtype.name, "shape": list(a.shape)})
             parts.append(a.tobytes())
+    if spec.check_frames is not None:
+        spec.check_frames({k: np.asarray(v) for k, v in frames.items()})
     return [msgpack.packb(header, use_bin_type=True)] + parts
 
 
@@ -411,9 +486,11 @@ def _decode_frames(spec: MessageType, descriptors, raw: list[bytes]) -> dict[str
             raise ProtocolError(BAD_FIELD, f"{spec.name}: unexpected frame {str(d)[:80]}")
         name = d["name"]
         dtype, shape = d.get("dtype"), d.get("shape")
-        if dtype not in FRAME_DTYPES:
+        if name in spec.arrays:
+            _check_array_frame(spec, name, dtype, shape)
+        elif dtype not in FRAME_DTYPES:
             raise ProtocolError(BAD_FIELD, f"{spec.name}.{name}: dtype {str(dtype)[:20]!r} is not one of {FRAME_DTYPES}")
-        if (not isinstance(shape, list) or not 1 <= len(shape) <= 3
+        elif (not isinstance(shape, list) or not 1 <= len(shape) <= 3
                 or any(isinstance(n, bool) or not isinstance(n, int) or not 0 < n <= MAX_IMAGE_SIDE for n in shape)):
             raise ProtocolError(BAD_FIELD, f"{spec.name}.{name}: shape must be 1 to 3 sides of 1..{MAX_IMAGE_SIDE}")
         if len(data) > MAX_FRAME_BYTES:
@@ -426,7 +503,21 @@ def _decode_frames(spec: MessageType, descriptors, raw: list[bytes]) -> dict[str
         if a.dtype.kind == "f" and not np.isfinite(a).all():
             raise ProtocolError(BAD_FIELD, f"{spec.name}.{name}: contains NaN or Inf")
         out[name] = a
+    if spec.check_frames is not None:
+        spec.check_frames(out)
     return out
+
+
+def _check_array_frame(spec: MessageType, name: str, dtype, shape) -> None:
+    rule = spec.arrays[name]
+    if dtype != rule.dtype:
+        raise ProtocolError(BAD_FIELD, f"{spec.name}.{name}: dtype {str(dtype)[:20]!r}; expected {rule.dtype}")
+    ok = (isinstance(shape, list) and len(shape) == 2
+          and all(not isinstance(n, bool) and isinstance(n, int) for n in shape)
+          and rule.rows[0] <= shape[0] <= rule.rows[1] and rule.cols[0] <= shape[1] <= rule.cols[1])
+    if not ok:
+        raise ProtocolError(BAD_FIELD, f"{spec.name}.{name}: shape {str(shape)[:40]}; expected "
+                                       f"{rule.rows[0]}..{rule.rows[1]} rows of {rule.cols[0]}..{rule.cols[1]}")
 
 
 def error_message(exc: ProtocolError, id: int = 0) -> list[bytes]:

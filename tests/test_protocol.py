@@ -62,10 +62,10 @@ def _with(parts, **changes):
     ([msgpack.packb([1, 2])], P.BAD_MESSAGE, "not a map"),
     ([b"x" * (P.MAX_HEADER_BYTES + 1)], P.TOO_LARGE, "header"),
     ([msgpack.packb({"v": 99, "type": "ping"})], P.BAD_VERSION, "99"),
-    ([msgpack.packb({"v": 1, "type": "launch_missiles"})], P.UNKNOWN_TYPE, "launch_missiles"),
-    ([msgpack.packb({"v": 1, "type": "ping", "extra": 1})], P.BAD_FIELD, "unknown fields"),
-    ([msgpack.packb({"v": 1, "type": "ping", "id": -1})], P.BAD_FIELD, "id"),
-    ([msgpack.packb({"v": 1, "type": "ping"})] + [b""] * 9, P.TOO_LARGE, "frames"),
+    ([msgpack.packb({"v": P.PROTOCOL_VERSION, "type": "launch_missiles"})], P.UNKNOWN_TYPE, "launch_missiles"),
+    ([msgpack.packb({"v": P.PROTOCOL_VERSION, "type": "ping", "extra": 1})], P.BAD_FIELD, "unknown fields"),
+    ([msgpack.packb({"v": P.PROTOCOL_VERSION, "type": "ping", "id": -1})], P.BAD_FIELD, "id"),
+    ([msgpack.packb({"v": P.PROTOCOL_VERSION, "type": "ping"})] + [b""] * 9, P.TOO_LARGE, "frames"),
 ])
 def test_malformed_messages(parts, code, text):
     with pytest.raises(P.ProtocolError) as e:

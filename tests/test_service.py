@@ -106,7 +106,7 @@ def test_bad_requests_get_error_replies_and_the_server_keeps_serving(server, sub
             c.render("0123456789abcdef", subject["pose"], subject["transl"], subject["camera"])
         assert e.value.code == P.UNKNOWN_AVATAR
         # a NaN pose, sent raw (the client library would refuse to encode it)
-        header = {"v": 1, "type": "render", "id": 9, "avatar": "x" * 16,
+        header = {"v": P.PROTOCOL_VERSION, "type": "render", "id": 9, "avatar": "x" * 16,
                   "view": {"pose": [float("nan")] * 72, "transl": [0, 0, 3], "camera": subject["camera"].to_dict()}}
         c.sock.send_multipart([msgpack.packb(header)])
         reply = P.decode(c.sock.recv_multipart())

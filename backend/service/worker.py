@@ -436,7 +436,8 @@ class Worker(threading.Thread):
                     "avatar": req.avatar, "stage": rec.stage, "iteration": rec.iteration, "preset": rec.config.name,
                     "pose": rec.pose, "transl": rec.transl, "camera": rec.camera.to_dict(),
                     "rest_joints": _rest_joints(rec.avatar),
-                    "warnings": list((rec.report or {}).get("warnings", []))[:16]}, id=req.request_id)
+                    "warnings": list((rec.report or {}).get("warnings", []))[:16]},
+                    P.proxy_frames(_proxy(rec.avatar)), id=req.request_id)
                 return
             frames, seconds = self._frame(req.avatar, req.view, req.format, req.depth)
         except P.ProtocolError as exc:
@@ -518,6 +519,24 @@ def _rest_joints(avatar) -> np.ndarray:
     """(24, 3) rest-pose joints of the avatar's fitted body (SMPL frame): a rig's bone heads."""
     with torch.no_grad():
         return avatar.body.rest(avatar.betas)[1][0].cpu().numpy().astype(np.float64)
+
+
+def _proxy(avatar) -> dict:
+    """The avatar's body as a mesh for a rig to deform (the add-on's shadow proxy): the rest-pose
+    vertices `_rest_joints` belongs to (SMPL frame), the faces, and each vertex's skinning as its
+    strongest joints, as many as the body uses up to P.PROXY_MAX_INFLUENCES (the open body: 7),
+    renormalised to sum to 1. Posed with the body's own transforms, it is the body's linear blend
+    skinning, exactly where no vertex has more joints (the open body), and without pose-corrective
+    blend shapes (SMPL has them, the open body not)."""
+    body = avatar.body
+    with torch.no_grad():
+        vertices = body.rest(avatar.betas)[0][0]
+        weights = body.weights.float()
+        k = max(1, min(P.PROXY_MAX_INFLUENCES, int((weights > 0).sum(1).max())))
+        w, index = weights.topk(k, dim=1)
+        w = w / w.sum(1, keepdim=True).clamp_min(1e-12)
+    return {"vertices": vertices.cpu().numpy(), "faces": body.faces.cpu().numpy(),
+            "joint_index": index.cpu().numpy(), "joint_weight": w.cpu().numpy()}
 
 
 def _no_clip_warning() -> str:
