@@ -69,6 +69,7 @@ def _pose_rig(s, avatar: str, body: dict) -> list[str]:
     notes for the status line."""
     context = bpy.context
     notes = []
+    body = scene_setup.upright(body)   # a fit made outside Blender: stood upright, on the ground
     if s.armature is None:
         s.armature = rig.create_armature(context, body["rest_joints"], name=f"avatar_{avatar[:6]}")
     if rig.has_keyed_pose(s.armature):

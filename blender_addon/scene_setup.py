@@ -94,3 +94,49 @@ def use_fit_camera(context, cam: dict) -> bool:
         return False
     set_camera(scene, photo_camera_object(scene), cam)
     return True
+
+
+FOOT_JOINTS = (10, 11)   # SMPL's feet (toe bases)
+# how far the soles lie below the foot joints (the built-in body's rest pose)
+SOLE_BELOW_FEET = min(OPEN_BODY_REST_JOINTS[j][1] for j in FOOT_JOINTS) - OPEN_BODY_SOLE_Y
+
+
+def posed_joints(pose, transl, rest_joints) -> np.ndarray:
+    """(24, 3) joints of an SMPL-style body in `pose` (72,) moved by `transl`: the kinematic chain
+    (rotations about the rest joints, parents first)."""
+    J = np.asarray(rest_joints, dtype=np.float64)
+    R = [rig.rodrigues(p) for p in np.asarray(pose, dtype=np.float64).reshape(len(PARENTS), 3)]
+    G, out = [None] * len(PARENTS), np.empty_like(J)
+    for j, p in enumerate(PARENTS):
+        if p < 0:
+            G[j], out[j] = R[j], J[j] + np.asarray(transl, dtype=np.float64)
+        else:
+            G[j], out[j] = G[p] @ R[j], out[p] + G[p] @ (J[j] - J[p])
+    return out
+
+
+def upright(body: dict) -> dict:
+    """A fit made outside Blender (the CLI, from a photo alone) lives in the photo camera's world,
+    y down like images: in Blender's Z-up world that person stands on their head, and a floor or
+    a sun added by the artist would be upside down. The same body and camera re-expressed in an
+    upright world: the camera's up is up (+Z in Blender), the person's soles on the ground plane
+    and the pelvis above the origin. One rigid motion moves body and camera together, so every
+    frame renders exactly as before. A fit whose camera is already upright (made from a scene's
+    rig and camera) is returned unchanged. `body` has pose, transl, camera (K, R, t, ...) and
+    rest_joints; other keys are kept."""
+    cam = body["camera"]
+    R, t = np.asarray(cam["R"], dtype=np.float64), np.asarray(cam["t"], dtype=np.float64)
+    if (R.T @ np.array([0.0, -1.0, 0.0]))[1] >= 0.0:   # the camera's up already points up
+        return body
+    W = np.diag([1.0, -1.0, -1.0]) @ R                   # camera axes, y and z flipped: its up is +Y
+    pose = np.array(body["pose"], dtype=np.float64)
+    transl = np.asarray(body["transl"], dtype=np.float64)
+    J0 = np.asarray(body["rest_joints"], dtype=np.float64)[0]
+    pose[:3] = rig.log_rotation(W @ rig.rodrigues(pose[:3]))
+    turned = W @ (J0 + transl) - J0                       # transl after the turn about the world origin
+    joints = posed_joints(pose, turned, body["rest_joints"])
+    ground = min(joints[j][1] for j in FOOT_JOINTS) - SOLE_BELOW_FEET
+    T = np.array([-joints[0][0], -ground, -joints[0][2]])
+    Rw = R @ W.T
+    return {**body, "pose": pose, "transl": turned + T,
+            "camera": {**cam, "R": Rw.tolist(), "t": (t - Rw @ T).tolist()}}

@@ -16,7 +16,7 @@ import traceback
 import bpy
 import numpy as np
 
-from . import rig
+from . import preferences, rig
 from .runtime import runtime
 from .viewport_view import Frame, ViewportScheduler, view_camera
 
@@ -48,6 +48,7 @@ def prepare(context, region, rv3d) -> Frame | None:
     if not s.show_in_viewport or conn is None or not s.avatar_id or s.armature is None:
         return None
     slot = region.as_pointer()
+    scheduler.moving_scale = preferences.get().scrub_scale
     if not (runtime.rendering or runtime.stepping_frames):
         cam = view_camera(rv3d.view_matrix, rv3d.window_matrix, region.width, region.height)
         pose, transl = rig.read_pose(s.armature, context.evaluated_depsgraph_get(),

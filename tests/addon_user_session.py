@@ -319,9 +319,13 @@ live._on_change(scene)                                 # the live preview has th
 asked = []
 request = runtime.connection.request_render
 runtime.connection.request_render = lambda *a: asked.append(a) or request(*a)
+composited = runtime.render_frames
 bpy.ops.render.render(animation=True)
 assert len(list((out / "f12").glob("frame_*.png"))) == 3
 assert asked == [] and not runtime.rendering, asked
+# ... and each rendered frame has the avatar composited in by depth (loading put the node in)
+assert runtime.render_frames == composited + 3 and not runtime.render_problems, runtime.render_problems
+assert scene.compositing_node_group.nodes.get("One-Shot Avatar") is not None
 scene.render.resolution_percentage = 100
 runtime.connection.request_render = request
 s.live_preview = False

@@ -108,3 +108,39 @@ def test_frame_subject_sees_the_whole_person_from_the_front(open_body):
     facing = np.array([np.sin(0.7), 0.0, np.cos(0.7)])  # where the turned body's front points
     to_camera = cam.center - joints[0]
     assert np.dot(facing, to_camera / np.linalg.norm(to_camera)) > 0.99
+
+
+def test_a_fit_made_outside_blender_is_stood_upright_without_changing_a_pixel(open_body):
+    """A CLI fit lives in the photo camera's world (y down); `upright` turns body and camera
+    together: the camera's up becomes up, the soles land on the ground, every pixel stays put."""
+    import torch
+
+    scene_setup = load_built_addon().scene_setup
+    rng = np.random.default_rng(3)
+    pose = rng.uniform(-0.25, 0.25, 72)
+    pose[:3] = [math.pi + 0.1, 0.2, 0.05]                 # standing on its head in a y-down world, turned
+    transl = np.array([0.1, 0.3, 4.0])
+    rest = open_body.rest()[1][0].numpy().astype(np.float64)
+    cam = {"K": [[900.0, 0, 256], [0, 900, 320], [0, 0, 1]], "R": np.eye(3).tolist(), "t": [0.0, 0.0, 0.0],
+           "width": 512, "height": 640}
+    body = {"pose": pose, "transl": transl, "camera": cam, "rest_joints": rest}
+
+    def posed(b):
+        out = open_body(torch.tensor(b["pose"], dtype=torch.float32)[None], None,
+                        torch.tensor(b["transl"], dtype=torch.float32)[None])
+        return out.vertices[0].numpy().astype(np.float64), out.joints[0].numpy().astype(np.float64)
+
+    verts, joints = posed(body)
+    assert np.abs(scene_setup.posed_joints(pose, transl, rest) - joints).max() < 1e-4   # FK = the body model's
+    up = scene_setup.upright(body)
+    new_verts, _ = posed(up)
+    before = PinholeCamera.from_dict(cam).project(verts)
+    after = PinholeCamera.from_dict(up["camera"]).project(new_verts)
+    print(f"upright: max pixel shift {np.abs(after - before).max():.4f} px, soles at {new_verts[:, 1].min() * 100:.1f} cm")
+    assert np.abs(after - before).max() < 0.05
+    camera_up = np.asarray(up["camera"]["R"]).T @ [0.0, -1.0, 0.0]
+    assert camera_up[1] > 0.999                            # +Y in the backend's frame: +Z in Blender
+    assert abs(new_verts[:, 1].min()) < 0.03               # soles on the ground
+    assert np.linalg.norm(scene_setup.posed_joints(up["pose"], up["transl"], rest)[0][[0, 2]]) < 1e-9
+    again = scene_setup.upright(up)                        # an upright fit is left as it is
+    assert again is up

@@ -261,3 +261,23 @@ def test_a_viewport_view_gets_its_frame_with_depth_off_the_ui_thread(session):
     print(f"full-size frame {width}x{height} {waited * 1000:.0f} ms after the view rested; "
           f"{time.monotonic() - start:.2f} s in all")
     viewport.scheduler.forget()
+
+
+def test_a_cancelled_render_closes_its_socket_and_the_next_one_works(session, tmp_path):
+    """Blender cancels between frames itself (Esc; background mode has no way to press it): our
+    part is what the render_cancel handler does. A render is started as Blender starts one (its
+    render_pre, then frame_change_post with the render's depsgraph), cancelled, then F12 works."""
+    scene = bpy.context.scene
+    runtime, live = session["runtime"], session["live"]
+    for handler in bpy.app.handlers.render_pre:
+        handler(scene, None)
+    assert runtime.rendering
+    before = runtime.render_frames
+    for handler in bpy.app.handlers.frame_change_post:
+        handler(scene, bpy.context.evaluated_depsgraph_get())
+    assert runtime.render_frames == before + 1 and runtime.render_client is not None
+    for handler in bpy.app.handlers.render_cancel:
+        handler(scene, None)
+    assert not runtime.rendering and runtime.render_client is None
+    f12(tmp_path / "after.png")
+    assert runtime.render_frames == before + 2 and not runtime.render_problems
