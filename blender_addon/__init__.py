@@ -91,7 +91,7 @@ class AvatarSettings(bpy.types.PropertyGroup):
     # runtime state, reset when a .blend is opened (live._on_file_loaded)
     status: bpy.props.StringProperty(name="Status", default="not connected")
     progress: bpy.props.FloatProperty(name="Progress", min=0.0, max=1.0, subtype="FACTOR")
-    live_preview: bpy.props.BoolProperty(name="Camera background", default=True,
+    live_preview: bpy.props.BoolProperty(name="Camera background", default=False,
                                          description="Also show the avatar as the active camera's background "
                                                      "image, rendered whenever the frame, pose or camera changes")
     show_in_viewport: bpy.props.BoolProperty(

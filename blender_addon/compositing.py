@@ -19,6 +19,8 @@ AgX/Filmic the avatar is tone mapped like the rest of the scene.
 """
 from __future__ import annotations
 
+import math
+
 import bpy
 import numpy as np
 
@@ -63,6 +65,23 @@ def _float_image(name: str, width: int, height: int):
     elif tuple(img.size) != (width, height):
         img.scale(width, height)
     return img
+
+
+def shrink(rgba: np.ndarray, depth: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """A frame rendered k times larger (renders below the backend's smallest size) -> the render
+    size: k x k pixel blocks averaged, colour and depth weighted by alpha (straight alpha)."""
+    if k == 1:
+        return rgba, depth
+    h, w = rgba.shape[0] // k, rgba.shape[1] // k
+    blocks = rgba[:h * k, :w * k].astype(np.float64).reshape(h, k, w, k, 4)
+    alpha = blocks[..., 3] / 255.0
+    weight = alpha.sum(axis=(1, 3))
+    safe = np.maximum(weight, 1e-12)[..., None]
+    colour = (blocks[..., :3] * alpha[..., None]).sum(axis=(1, 3)) / safe
+    z = (depth[:h * k, :w * k].astype(np.float64).reshape(h, k, w, k) * alpha).sum(axis=(1, 3)) / safe[..., 0]
+    out = np.concatenate([colour, (weight / (k * k) * 255.0)[..., None]], -1)
+    out = np.clip(np.round(out), 0, 255).astype(np.uint8)
+    return out, np.where(out[..., 3] > 0, z, 0.0).astype(np.float32)
 
 
 def set_layers(rgba: np.ndarray, depth: np.ndarray | None) -> None:
@@ -216,6 +235,7 @@ def fetch_frame(scene, depsgraph) -> str | None:
     from .blender_camera import render_size
     from .operators import scene_view
     from .runtime import runtime
+    from .shared.camera import MIN_IMAGE_SIDE
 
     s = scene.one_shot_avatar
     if not s.in_renders or not installed(scene):
@@ -223,16 +243,17 @@ def fetch_frame(scene, depsgraph) -> str | None:
     try:
         if not s.avatar_id:
             raise ValueError("no avatar chosen in the Avatar panel")
-        view = scene_view(scene, depsgraph, avatar_id=s.avatar_id)
+        width, height = render_size(scene)
+        k = max(1, math.ceil(MIN_IMAGE_SIDE / max(1, min(width, height))))   # a test render at 10 %
+        view = scene_view(scene, depsgraph, scale=k, avatar_id=s.avatar_id)
         client = _render_client()
         rgba, depth = client.render(s.avatar_id, view["pose"], view["transl"], view["camera"], depth=True)
-        set_layers(rgba, depth)
+        set_layers(*shrink(rgba, depth, k))
         runtime.render_frames += 1
         return None
     except Exception as exc:  # noqa: BLE001 - the scene still renders; the artist is told why
         close_render_client()
-        width, height = render_size(scene)
-        clear_layers(width, height)
+        clear_layers(*render_size(scene))
         problem = f"frame {scene.frame_current} rendered without the avatar: {getattr(exc, 'message', exc)}"
         print(f"One-Shot Avatar: {problem}")
         runtime.render_problems.append(problem)

@@ -185,7 +185,7 @@ class Connection:
         if kind == "list":
             self._post("avatars", avatars=client.list())
         elif kind == "load":
-            self._post("loaded", **client.load(kw["avatar"]))
+            self._post("loaded", keep_pose=kw.get("keep_pose", False), **client.load(kw["avatar"]))
         elif kind == "fit":
             self._fit(client, kw)
         elif kind == "stream":

@@ -60,10 +60,12 @@ def scene_view(scene, depsgraph, scale: float = 1.0, avatar_id: str | None = Non
     except KeyError as exc:
         raise ValueError(str(exc).strip("'\"")) from None
     cam = camera_dict(scene, scene.camera, depsgraph)
+    size = (cam["width"], cam["height"])
+    cam = scaled_camera(cam, scale)
     if not MIN_IMAGE_SIDE <= min(cam["width"], cam["height"]) <= max(cam["width"], cam["height"]) <= MAX_IMAGE_SIDE:
-        raise ValueError(f"the render size {cam['width']} x {cam['height']} (with its %) is outside "
+        raise ValueError(f"the render size {size[0]} x {size[1]} (with its %) is outside "
                          f"{MIN_IMAGE_SIDE}..{MAX_IMAGE_SIDE} pixels a side")
-    return {"pose": pose, "transl": transl, "camera": scaled_camera(cam, scale)}
+    return {"pose": pose, "transl": transl, "camera": cam}
 
 
 def scaled_camera(cam: dict, scale: float) -> dict:

@@ -101,7 +101,12 @@ def shadow_proxy_notes(s) -> list[str]:
 
 
 def _loaded(s, payload: dict) -> None:
-    notes = _pose_rig(s, payload["avatar"], payload)
+    kept = bool(payload.get("keep_pose")) and s.armature is not None   # a fit just finished: the rig stays
+    if kept:
+        runtime.loaded = (payload["avatar"], payload["rest_joints"])
+        notes = []
+    else:
+        notes = _pose_rig(s, payload["avatar"], payload)
     runtime.proxy_mesh = payload.get("proxy")
     viewport.scheduler.forget()   # frames of another avatar (or an older fit) are not this one's
     notes += shadow_proxy_notes(s)
@@ -109,7 +114,7 @@ def _loaded(s, payload: dict) -> None:
         from . import compositing
 
         notes += compositing.install(bpy.context.scene)
-    s.status = f"loaded avatar {payload['avatar']}" + "".join(f"; {n}" for n in notes)
+    s.status = ("avatar ready" if kept else f"loaded avatar {payload['avatar']}") + "".join(f"; {n}" for n in notes)
 
 
 def apply_result(kind: str, payload: dict) -> None:
@@ -150,8 +155,9 @@ def apply_result(kind: str, payload: dict) -> None:
         if kind == "done":
             s.avatar_id = payload["avatar"]
             s.progress = 1.0
-            if s.armature is None:   # created from the photo alone: make and pose the rig now
-                runtime.connection.submit("load", avatar=payload["avatar"])
+            # load it: the rig (made and posed now if none exists; a rig that exists keeps its
+            # pose), its rest skeleton, the shadow proxy and the F12 compositing
+            runtime.connection.submit("load", avatar=payload["avatar"], keep_pose=s.armature is not None)
         runtime.connection.submit("list")
     elif kind == "loaded":
         _loaded(s, payload)

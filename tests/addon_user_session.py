@@ -182,6 +182,7 @@ for name, args, kw in calls:
 step("panel_draws")
 
 # -------------------------------------------------------------------------- load and preview
+s.live_preview = True                                  # the camera-background preview (off by default)
 assert bpy.ops.one_shot_avatar.load() == {"FINISHED"}
 pump(lambda: s.status.startswith("loaded avatar"), 60, "load")
 assert "camera set to the photo's" in s.status, s.status
@@ -376,6 +377,12 @@ print(f"photo-only pose vs the photo's: max {np.abs(estimated[1:] - pose.reshape
 assert np.abs(estimated[[16, 17, 1, 2]] - pose.reshape(24, 3)[[16, 17, 1, 2]]).max() < 0.6   # arms and legs as in the photo
 head = (made.matrix_world @ made.pose.bones["head"].head).z
 assert head > (made.matrix_world @ made.pose.bones["pelvis"].head).z + 0.3     # upright in Blender
+# the finished fit is loaded without touching the rig: its shadow proxy, and F12 includes it
+pump(lambda: s.status.startswith("avatar ready;"), 60, "the finished fit loaded")
+proxy_module = sys.modules[f"{MOD}.proxy"]
+assert runtime.loaded[0] == s.avatar_id and proxy_module.find_proxy(made) is not None, s.status
+assert sys.modules[f"{MOD}.compositing"].installed(scene)
+assert np.allclose(rig.read_pose(made, rest_joints=runtime.rest_joints(s.avatar_id))[1], got_transl, atol=1e-6)
 s.armature = arm
 step("create_from_photo_alone")
 

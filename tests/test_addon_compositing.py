@@ -281,3 +281,26 @@ def test_a_cancelled_render_closes_its_socket_and_the_next_one_works(session, tm
     assert not runtime.rendering and runtime.render_client is None
     f12(tmp_path / "after.png")
     assert runtime.render_frames == before + 2 and not runtime.render_problems
+
+
+def test_renders_below_the_backends_smallest_size_are_rendered_larger_and_shrunk(session, tmp_path):
+    """A test render at 10 % (12 x 12 here) is below the backend's 16 pixels a side: the frame is
+    asked for at an integer multiple and averaged down, so the avatar is still in it."""
+    compositing = session["compositing"]
+    rgba = np.zeros((4, 6, 4), np.uint8)
+    rgba[:2, :2] = (200, 100, 0, 255)
+    rgba[0, 2], depth = (10, 20, 30, 255), np.full((4, 6), 3.0, np.float32)
+    depth[0, 2] = 5.0
+    small, z = compositing.shrink(rgba, depth, 2)
+    assert small.shape == (2, 3, 4) and tuple(small[0, 0]) == (200, 100, 0, 255)
+    assert tuple(small[0, 1]) == (10, 20, 30, 64) and abs(z[0, 1] - 5.0) < 1e-6 and z[1, 1] == 0.0
+    scene = bpy.context.scene
+    scene.render.resolution_percentage = 10
+    try:
+        runtime = session["runtime"]
+        before = runtime.render_frames
+        image = f12(tmp_path / "tiny.png")
+    finally:
+        scene.render.resolution_percentage = 100
+    assert runtime.render_frames == before + 1 and not runtime.render_problems, runtime.render_problems
+    assert image.shape[0] < 16 and image[..., 3].max() > 0
