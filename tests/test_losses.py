@@ -1,6 +1,7 @@
 """Image losses of the one-image optimisation: MSE, SSIM, LPIPS loading, silhouette and edge."""
 from __future__ import annotations
 
+import math
 import socket
 from pathlib import Path
 
@@ -240,3 +241,31 @@ def test_edge_loss_gradient_moves_edges_towards_the_outline():
     with torch.no_grad():
         stepped = logits - 0.5 * logits.grad / logits.grad.abs().max()
         assert edge_loss(torch.sigmoid(stepped), dist) < loss
+
+
+def test_hole_loss_punishes_holes_inside_the_body_more_the_deeper_they_lie():
+    mask = torch.zeros(1, 1, 40, 40)
+    mask[..., 5:35, 5:35] = 1.0
+    solid = mask.clone()
+    assert float(losses.hole_loss(solid, mask)) == 0.0              # a solid body: nothing to punish
+    deep, shallow = solid.clone(), solid.clone()
+    deep[..., 19:21, 19:21] = 0.2                              # a see-through patch in the middle
+    shallow[..., 6:8, 19:21] = 0.2                             # the same patch near the outline
+    assert float(losses.hole_loss(deep, mask)) > 2.0 * float(losses.hole_loss(shallow, mask)) > 0.0
+    outside = solid.clone()
+    outside[..., 0:3, 0:3] = 0.5                               # alpha outside the body: not this term's
+    assert float(losses.hole_loss(outside, mask)) == 0.0
+    deep.requires_grad_(True)
+    losses.hole_loss(deep, mask).backward()
+    assert float(deep.grad[..., 19, 19]) < 0.0                 # the gradient fills the hole
+
+
+def test_opacity_entropy_allows_empty_and_solid_but_not_see_through():
+    region = torch.ones(1, 1, 8, 8)
+    assert float(losses.opacity_entropy(torch.zeros(1, 1, 8, 8), region)) < 2e-3
+    assert float(losses.opacity_entropy(torch.ones(1, 1, 8, 8), region)) < 2e-3
+    half = losses.opacity_entropy(torch.full((1, 1, 8, 8), 0.5), region)
+    assert abs(float(half) - math.log(2.0)) < 1e-5
+    a = torch.full((1, 1, 8, 8), 0.7, requires_grad=True)
+    losses.opacity_entropy(a, region).backward()
+    assert float(a.grad.mean()) < 0.0                          # above 0.5: pushed towards solid

@@ -51,3 +51,16 @@ def test_lpips_is_reported_when_available():
     mask = np.ones((12, 12))
     m = boxed_metrics(np.zeros((12, 12, 3)), np.zeros((12, 12, 3)), mask, lpips=fake_lpips)
     assert m["lpips"] == 0.25 and calls == [(1, 3, 12, 12)]
+
+
+def test_semi_transparent_fraction_counts_see_through_pixels_inside_the_silhouette():
+    from backend.avatar.metrics import semi_transparent_fraction
+
+    alpha = np.zeros((40, 40), np.float32)
+    alpha[5:35, 5:35] = 1.0
+    alpha[4, 5:35] = alpha[35, 5:35] = 0.5          # a soft outline is no fault
+    assert semi_transparent_fraction(alpha) == 0.0
+    alpha[10:20, 10:20] = 0.5                        # a see-through patch
+    inside = (32 - 4) * (30 - 4)                     # the silhouette (rows 4-35, columns 5-34) shrunk by 2 px
+    assert abs(semi_transparent_fraction(alpha) - 100 / inside) < 1e-6
+    assert np.isnan(semi_transparent_fraction(np.zeros((8, 8))))

@@ -27,6 +27,8 @@ class LossWeights:
     silhouette: float = 0.01
     outside: float = 1.0       # ours: alpha beyond the body + clothing allowance on novel views
     edge: float = 0.01
+    holes: float = 0.0         # ELICIT's inside-only edge term (losses.hole_loss)
+    opacity: float = 0.0       # ours: binary entropy of novel-view alpha near the body (losses.opacity_entropy)
     smoothness: float = 1e-3   # ours: tri-plane total variation
 
 

@@ -310,3 +310,44 @@ def edge_loss(alpha: torch.Tensor, dist_map: torch.Tensor, eps: float = 1e-3) ->
     _same_shape(e, d, "alpha and dist_map")
     per_image = (e * d).sum(dim=(1, 2, 3)) / (e.sum(dim=(1, 2, 3)) + eps)
     return per_image.mean()
+
+
+def inside_distance_px(body_mask: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """(B, 1, H, W): each pixel's distance in pixels to the nearest pixel outside the body mask
+    (0 outside the mask)."""
+    t = torch.as_tensor(body_mask)
+    m = _as_4d(t.detach(), "body_mask")[:, 0].cpu().numpy() > 0.5
+    out = np.zeros(m.shape, np.float32)
+    for b in range(m.shape[0]):
+        if m[b].any():
+            out[b] = cv2.distanceTransform(np.pad(m[b], 1).astype(np.uint8), cv2.DIST_L2,
+                                           cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]   # (the image border is outside)
+    return torch.from_numpy(out)[:, None].to(t.device)
+
+
+def hole_loss(alpha: torch.Tensor, body_mask: torch.Tensor, kernel: int = 5) -> torch.Tensor:
+    """ELICIT's edge term, inside-only: the rendered alpha's dips below its neighbourhood's
+    maximum (max-pooled alpha minus alpha), counted inside the body mask and weighted by the
+    square root of the distance (pixels) to the body's outline, as a mean over the mask's pixels
+    per image, then over the batch. A hole or a see-through patch in the body costs more the
+    deeper inside the body it lies; the outline itself (where alpha may fall off) costs little."""
+    alpha = _as_4d(alpha, "alpha")
+    mask = _as_4d(body_mask, "body_mask").to(alpha.dtype)
+    _same_shape(alpha, mask, "alpha and body_mask")
+    dip = F.max_pool2d(alpha, kernel, stride=1, padding=kernel // 2) - alpha
+    weight = inside_distance_px(mask).to(alpha).sqrt() * mask
+    per_image = (dip * weight).sum(dim=(1, 2, 3)) / mask.sum(dim=(1, 2, 3)).clamp(min=1.0)
+    return per_image.mean()
+
+
+def opacity_entropy(alpha: torch.Tensor, region: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+    """Ours: the binary entropy of alpha, mean over `region` (B, 1, H, W; the body and its
+    clothing allowance) per image, then over the batch: 0 where alpha is 0 or 1, ln 2 at 0.5.
+    It lets a pixel be empty or solid, never see-through; where alpha goes is for the other
+    terms to say."""
+    alpha = _as_4d(alpha, "alpha")
+    region = _as_4d(region, "region").to(alpha.dtype)
+    _same_shape(alpha, region, "alpha and region")
+    a = alpha.clamp(eps, 1.0 - eps)
+    h = -(a * a.log() + (1.0 - a) * (1.0 - a).log())
+    return ((h * region).sum(dim=(1, 2, 3)) / region.sum(dim=(1, 2, 3)).clamp(min=1.0)).mean()

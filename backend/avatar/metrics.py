@@ -1,5 +1,5 @@
 """Image metrics inside the person's bounding box (the ZJU-MoCap protocol): PSNR, SSIM and,
-when its VGG16 weights are on the machine, LPIPS."""
+when its VGG16 weights are on the machine, LPIPS; and how see-through a render is."""
 from __future__ import annotations
 
 import math
@@ -18,6 +18,21 @@ def person_box(mask: np.ndarray, pad: int = 0) -> tuple[slice, slice]:
     h, w = mask.shape[:2]
     return (slice(max(0, ys.min() - pad), min(h, ys.max() + 1 + pad)),
             slice(max(0, xs.min() - pad), min(w, xs.max() + 1 + pad)))
+
+
+def semi_transparent_fraction(alpha: np.ndarray, low: float = 0.1, high: float = 0.9, erode_px: int = 2
+                              ) -> float:
+    """The fraction of the rendered silhouette's pixels (alpha > low, shrunk by erode_px so the
+    outline's own soft edge does not count) whose alpha is below `high`: a person one can see
+    through. 0 for a solid render; nan when nothing is rendered."""
+    import cv2
+
+    a = np.asarray(alpha, np.float32)
+    inside = (a > low).astype(np.uint8)
+    if erode_px > 0:
+        inside = cv2.erode(inside, np.ones((2 * erode_px + 1,) * 2, np.uint8))
+    n = int(inside.sum())
+    return float("nan") if n == 0 else float(((a < high) & (inside > 0)).sum()) / n
 
 
 def psnr(pred: np.ndarray, target: np.ndarray) -> float:

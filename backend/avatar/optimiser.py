@@ -16,6 +16,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from backend.avatar import losses as L
 from backend.avatar.config import FitConfig
@@ -151,9 +152,15 @@ class StageB:
         body_mask = out.body_mask[None, None].float()
         crop_focal = float(cam.K[0, 0]) * size / (novel_box[2] - novel_box[0])
         grow = int(round(self.cfg.stage_b.clothing_margin * crop_focal / (self.distance * view.distance_scale)))
-        terms = {"silhouette": L.silhouette_loss(out.alpha[None, None], body_mask),
-                 "outside": L.outside_loss(out.alpha[None, None], body_mask, grow),
-                 "edge": L.edge_loss(out.alpha[None, None], L.edge_distance_map(body_mask))}
+        alpha = out.alpha[None, None]
+        terms = {"silhouette": L.silhouette_loss(alpha, body_mask),
+                 "outside": L.outside_loss(alpha, body_mask, grow),
+                 "edge": L.edge_loss(alpha, L.edge_distance_map(body_mask))}
+        if self.cfg.losses.holes:
+            terms["holes"] = L.hole_loss(alpha, body_mask)
+        if self.cfg.losses.opacity:
+            near = F.max_pool2d(body_mask, 2 * grow + 1, stride=1, padding=grow) if grow > 0 else body_mask
+            terms["opacity"] = L.opacity_entropy(alpha, near)
         if self.clip is not None:
             pred = self._chw(out.rgb)
             if view.self_target:

@@ -72,6 +72,16 @@ METHODS = (
     Method("projection_photo_body", "Body-texture projection, body from the photo alone",
            "the photo projected on the body estimated from the photo alone", kind="projection", body="photo",
            default=False),
+    # the opacity sweep (issue 14); run when named
+    Method("opacity_before", "Opacity: before (no holes, no entropy)", "the losses before issue 14",
+           default=False, change=lambda c: _losses(c, holes=0.0, opacity=0.0, outside=1.0)),
+    Method("opacity_holes", "Opacity: + ELICIT's inside edge", "holes 0.1", default=False,
+           change=lambda c: _losses(c, holes=0.1, opacity=0.0, outside=1.0)),
+    Method("opacity_entropy", "Opacity: + inside edge + entropy", "holes 0.1, opacity entropy 0.05",
+           default=False, change=lambda c: _losses(c, holes=0.1, opacity=0.05, outside=1.0)),
+    Method("opacity_entropy_outside01", "Opacity: + inside edge + entropy, outside 0.1",
+           "holes 0.1, opacity entropy 0.05, outside 0.1", default=False,
+           change=lambda c: _losses(c, holes=0.1, opacity=0.05, outside=0.1)),
 )
 BY_NAME = {m.name: m for m in METHODS}
 

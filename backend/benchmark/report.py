@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 BINS = ("input", "front", "side", "back", "novel pose")
-METRICS = ("psnr", "ssim", "lpips")
+METRICS = ("psnr", "ssim", "lpips", "semi_transparent")
 
 
 def report_bin(view_bin: str) -> str:
@@ -58,7 +58,8 @@ def _cell(by_bin: dict, b: str, metrics=("psnr", "ssim")) -> str:
     m = by_bin.get(b)
     if not m or any(k not in m for k in metrics):
         return "—"
-    return " / ".join(f"{m[k]:.2f}" if k == "psnr" else f"{m[k]:.3f}" for k in metrics)
+    return " / ".join(f"{m[k]:.2f}" if k == "psnr" else f"{100 * m[k]:.1f} %" if k == "semi_transparent"
+                      else f"{m[k]:.3f}" for k in metrics)
 
 
 def markdown_table(summary: dict, metrics=("psnr", "ssim"), memory_kind: str = "peak memory") -> str:
@@ -131,6 +132,10 @@ def write_markdown(results: dict, summary: dict) -> str:
     if any("lpips" in b for e in summary.values() for b in e.get("by_bin", {}).values()):
         parts += ["", "## LPIPS (VGG), lower is better", "",
                   markdown_table(summary, metrics=("lpips",), memory_kind=r.get("memory_kind", "peak memory"))]
+    if any("semi_transparent" in b for e in summary.values() for b in e.get("by_bin", {}).values()):
+        parts += ["", "## Semi-transparent fraction (of the rendered silhouette, alpha 0.1–0.9), lower is better",
+                  "", markdown_table(summary, metrics=("semi_transparent",),
+                                     memory_kind=r.get("memory_kind", "peak memory"))]
     parts += ["", "## Held-out PSNR (dB) per subject (every view but the input)", "",
               per_subject_table(results, summary)]
     parts += ["", "## Body fit from the rough estimate (used by the rows on the fitted body)", "",

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from backend.avatar.config import preset as fit_preset
-from backend.avatar.metrics import boxed_metrics
+from backend.avatar.metrics import boxed_metrics, semi_transparent_fraction
 from backend.avatar.sampling import body_up, orbit_from_camera
 from backend.benchmark import report
 from backend.benchmark.measure import PeakMemory, Stopwatch, machine
@@ -92,9 +92,12 @@ def evaluate(render, subject: Subject, start: StartBody, body: BodyModel, scale:
     """Metrics per view and the renders (for the grid)."""
     rows, images = [], {}
     for view, cam, pose in view_setups(subject, start, body, scale):
-        pred = render(cam, pose, start.transl)
+        pred, pred_alpha = render(cam, pose, start.transl)
         truth, alpha = subject.ground_truth(view.name, scale)
-        rows.append({"view": view.name, "bin": view.bin, **boxed_metrics(pred, truth, alpha, lpips)})
+        row = {"view": view.name, "bin": view.bin, **boxed_metrics(pred, truth, alpha, lpips)}
+        if pred_alpha is not None:   # (the projection baseline is a mesh: solid by construction)
+            row["semi_transparent"] = semi_transparent_fraction(pred_alpha)
+        rows.append(row)
         images[view.name] = pred
     return rows, images
 
@@ -102,7 +105,8 @@ def evaluate(render, subject: Subject, start: StartBody, body: BodyModel, scale:
 def _avatar_renderer(avatar):
     def render(cam, pose, transl):
         with torch.no_grad():
-            return avatar.render(cam, pose, transl, background=WHITE).rgb.float().cpu().numpy()
+            out = avatar.render(cam, pose, transl, background=WHITE)
+            return out.rgb.float().cpu().numpy(), out.alpha.float().cpu().numpy()
     return render
 
 
@@ -143,7 +147,7 @@ def run_method(method: Method, subject: Subject, body_fit, start: StartBody, bod
             if method.kind == "projection":
                 model = ProjectionBaseline(body, inputs.image, body_fit.mask, inputs.camera,
                                            start.pose, start.betas, start.transl)
-                renderer = model.render
+                renderer = lambda cam, pose, transl: (model.render(cam, pose, transl), None)  # noqa: E731
             else:
                 cfg = fit_config(size, method)
                 out = work / method.name / "avatar.avatar"
