@@ -20,6 +20,7 @@ from backend.avatar.avatar_file import AvatarRecord, load_avatar, save_avatar
 from backend.avatar.config import FitConfig, preset as config_preset
 from backend.avatar.model import Avatar
 from backend.avatar.optimiser import StageB, make_photo_target, new_state, run_stage_b
+from backend.avatar.photo_colours import photo_vertex_colours
 from backend.avatar.stage_a import run_stage_a
 from backend.body.model import BodyModel, load_body_model
 from backend.errors import AvatarError
@@ -150,7 +151,11 @@ def fit_avatar(body: BodyModel, photo: np.ndarray, mask: np.ndarray, camera, pos
     if rec is None:
         torch.manual_seed(cfg.stage_b.seed)  # the field's initial planes: a rerun gives the same avatar
         avatar = Avatar(body, betas, cfg.field, cfg.motion, cfg.render).to(device)
-        report["stage_a"] = run_stage_a(avatar, cfg.stage_a, progress=progress)
+        colours = None
+        if cfg.stage_a.photo_colour:   # the field starts with the photo's colours on the body
+            colours, seen = photo_vertex_colours(body, photo, mask, camera, pose, betas, transl)
+            report["photo_colour_seen"] = seen
+        report["stage_a"] = run_stage_a(avatar, cfg.stage_a, progress=progress, vertex_colours=colours)
         log(f"stage A: the field is the body ({report['stage_a']['seconds']:.1f} s)")
         rec = AvatarRecord(avatar, cfg, camera, np.asarray(pose), np.asarray(transl), body_spec, "B", 0,
                            report=report, input_key=key)

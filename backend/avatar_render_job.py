@@ -4,6 +4,7 @@ when imageio-ffmpeg is installed."""
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -142,7 +143,9 @@ def render_avatar(avatar_path, out_dir, *, turntable: int = 0, poses=None, camer
             rgba = avatar.render_rgba(cam, pose, transl).cpu().numpy()
             img = (rgba * 255).round().astype(np.uint8)
             path = out_dir / f"frame_{i:04d}.png"
-            Image.fromarray(img, "RGBA").save(path)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")   # a reader never sees half a frame
+            Image.fromarray(img, "RGBA").save(tmp, format="PNG")
+            os.replace(tmp, path)
         written.append(path)
         over_white = rgba[..., :3] * rgba[..., 3:] + (1.0 - rgba[..., 3:])
         images.append((over_white * 255).round().astype(np.uint8))

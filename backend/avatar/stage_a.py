@@ -1,8 +1,11 @@
 """Stage A: the field starts as the body, fitted directly in 3D.
 
 ELICIT renders the SMPL mesh from many cameras and trains ~15k iterations on those images.
-Regressing the field on the body's 3D occupancy (and a neutral colour) at points sampled
-around the rest mesh reaches the same starting point in seconds: no rays, no rendering.
+Regressing the field on the body's 3D occupancy at points sampled around the rest mesh reaches
+the same starting point in seconds: no rays, no rendering. Its colour is the photo's where the
+photo sees the body and the nearest seen colour of the same body part elsewhere
+(photo_colours.py; issue 14: stage B then starts from what projection gets right instead of
+grey), or a neutral grey when no vertex colours are given.
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import torch
 from scipy.spatial import cKDTree
 
 from backend.avatar.model import Avatar
+from backend.avatar.photo_colours import vertex_normals
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,21 +31,9 @@ class StageAConfig:
     # over a long chord, which fattens silhouettes; the target surface sits this far inside.
     inset: float = 0.75           # in field texels
     inside_density: float = 500.0  # 1/m target inside the body
-    colour: tuple[float, float, float] = (0.5, 0.5, 0.5)  # neutral starting appearance
+    colour: tuple[float, float, float] = (0.5, 0.5, 0.5)  # neutral appearance (photo_colour off)
+    photo_colour: bool = True     # ours: start from the photo's colours on the body (photo_colours.py)
     seed: int = 0
-
-
-def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """Area-weighted vertex normals, flipped if needed so that they point out of the body."""
-    tri = vertices[faces]
-    fn = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-    # signed volume of the mesh: negative when the faces wind inward
-    if np.einsum("ij,ij->", tri[:, 0], fn) < 0:
-        fn = -fn
-    vn = np.zeros_like(vertices)
-    for k in range(3):
-        np.add.at(vn, faces[:, k], fn)
-    return vn / np.maximum(np.linalg.norm(vn, axis=1, keepdims=True), 1e-12)
 
 
 def occupancy_targets(points: np.ndarray, vertices: np.ndarray, normals: np.ndarray, width: float,
@@ -54,7 +46,10 @@ def occupancy_targets(points: np.ndarray, vertices: np.ndarray, normals: np.ndar
     return 1.0 / (1.0 + np.exp(np.clip(sdf / width, -50, 50)))
 
 
-def sample_table(avatar: Avatar, cfg: StageAConfig, rng: np.random.Generator):
+def sample_table(avatar: Avatar, cfg: StageAConfig, rng: np.random.Generator,
+                 vertex_colours: np.ndarray | None = None):
+    """Points around the rest body, their occupancy targets and colour targets (the nearest
+    vertex's colour; the neutral colour without vertex colours)."""
     verts = avatar.rest_vertices.cpu().numpy()
     faces = avatar.body.faces.cpu().numpy()
     normals = vertex_normals(verts, faces)
@@ -66,18 +61,24 @@ def sample_table(avatar: Avatar, cfg: StageAConfig, rng: np.random.Generator):
     points = np.clip(np.concatenate([near, uniform]), box_min, box_max).astype(np.float32)
     texel = avatar.field.cfg.voxel if avatar.field.cfg.kind == "triplane" else 0.0
     occ = occupancy_targets(points, verts, normals, cfg.surface_width, cfg.inset * texel).astype(np.float32)
-    return points, occ
+    if vertex_colours is None:
+        colours = np.broadcast_to(np.asarray(cfg.colour, np.float32), (len(points), 3))
+    else:
+        colours = np.asarray(vertex_colours, np.float32)[cKDTree(verts).query(points)[1]]
+    return points, occ, np.ascontiguousarray(colours)
 
 
-def run_stage_a(avatar: Avatar, cfg: StageAConfig = StageAConfig(), progress=None) -> dict:
-    """Fit avatar.field to the body's occupancy and a neutral colour. Returns a small report."""
+def run_stage_a(avatar: Avatar, cfg: StageAConfig = StageAConfig(), progress=None,
+                vertex_colours: np.ndarray | None = None) -> dict:
+    """Fit avatar.field to the body's occupancy and colour (`vertex_colours` (V, 3) of the
+    body's vertices, else the neutral colour). Returns a small report."""
     start = time.perf_counter()
     rng = np.random.default_rng(cfg.seed)
-    points, occ = sample_table(avatar, cfg, rng)
+    points, occ, colours = sample_table(avatar, cfg, rng, vertex_colours)
     dev = avatar.device
     points_t = torch.from_numpy(points).to(dev)
     occ_t = torch.from_numpy(occ).to(dev)
-    colour = torch.tensor(cfg.colour, device=dev)
+    colour_t = torch.from_numpy(colours).to(dev)
     # Compare opacities over a whole ray's band, not one sample: a small density outside the
     # body is cheap per sample but adds up along a ray into a visible halo.
     delta = avatar.render_cfg.band_front + avatar.render_cfg.band_back
@@ -91,7 +92,7 @@ def run_stage_a(avatar: Avatar, cfg: StageAConfig = StageAConfig(), progress=Non
         alpha = 1.0 - torch.exp(-density * delta)
         inside = occ_t[idx]
         loss = (alpha - target_alpha[idx]).pow(2).mean() \
-            + (inside[:, None] * (rgb - colour).pow(2)).mean()
+            + (inside[:, None] * (rgb - colour_t[idx]).pow(2)).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -30,6 +30,10 @@ def _losses(cfg: FitConfig, **weights) -> FitConfig:
     return dataclasses.replace(cfg, losses=dataclasses.replace(cfg.losses, **weights))
 
 
+def _photo_colour(cfg: FitConfig, on: bool) -> FitConfig:
+    return dataclasses.replace(cfg, stage_a=dataclasses.replace(cfg.stage_a, photo_colour=on))
+
+
 def _reconstruction_only(cfg: FitConfig) -> FitConfig:
     """HumanNeRF on one image: the body model still poses and bounds the field (as HumanNeRF's
     SMPL does), but the field starts blank (no stage A) and only the photo supervises it."""
@@ -43,11 +47,14 @@ def _reconstruction_only(cfg: FitConfig) -> FitConfig:
 
 
 METHODS = (
-    Method("full", "Full method", "both priors, part- and rotation-aware sampling, CLIP image + text"),
+    Method("full", "Full method", "both priors, part- and rotation-aware sampling, CLIP image + text, stage A "
+           "from the photo's colours"),
     Method("full_fitted_body", "Full, fitted body (end to end)",
            "the full method on the body fitted to the photo from a rough pose estimate", body="fitted"),
     Method("full_true_body", "Full, true body",
            "the full method on the true body parameters: the avatar's own share of the error", body="true"),
+    Method("no_photo_colour", "w/o photo colours", "stage A starts grey, not from the photo's colours on the body",
+           change=lambda c: _photo_colour(c, False)),
     Method("no_silhouette", "w/o silhouette loss", "the SMPL soft-silhouette loss off (edge and outside losses kept)",
            change=lambda c: _losses(c, silhouette=0.0)),
     Method("no_part_sampling", "w/o part-aware sampling", "novel views always of the whole body",
@@ -72,16 +79,22 @@ METHODS = (
     Method("projection_photo_body", "Body-texture projection, body from the photo alone",
            "the photo projected on the body estimated from the photo alone", kind="projection", body="photo",
            default=False),
-    # the opacity sweep (issue 14); run when named
-    Method("opacity_before", "Opacity: before (no holes, no entropy)", "the losses before issue 14",
-           default=False, change=lambda c: _losses(c, holes=0.0, opacity=0.0, outside=1.0)),
-    Method("opacity_holes", "Opacity: + ELICIT's inside edge", "holes 0.1", default=False,
-           change=lambda c: _losses(c, holes=0.1, opacity=0.0, outside=1.0)),
-    Method("opacity_entropy", "Opacity: + inside edge + entropy", "holes 0.1, opacity entropy 0.05",
-           default=False, change=lambda c: _losses(c, holes=0.1, opacity=0.05, outside=1.0)),
-    Method("opacity_entropy_outside01", "Opacity: + inside edge + entropy, outside 0.1",
-           "holes 0.1, opacity entropy 0.05, outside 0.1", default=False,
-           change=lambda c: _losses(c, holes=0.1, opacity=0.05, outside=0.1)),
+    # the issue-14 sweep; run when named
+    Method("before_issue14", "Before issue 14", "grey stage A, no inside edge, no opacity term",
+           default=False, change=lambda c: _photo_colour(_losses(c, holes=0.0, opacity=0.0), False)),
+    Method("sweep_photo_colour", "+ photo colours", "stage A from the photo's colours", default=False,
+           change=lambda c: _photo_colour(_losses(c, holes=0.0, opacity=0.0), True)),
+    Method("sweep_photo_holes", "+ photo colours + inside edge", "and ELICIT's inside edge (0.1)", default=False,
+           change=lambda c: _photo_colour(_losses(c, holes=0.1, opacity=0.0), True)),
+    Method("sweep_photo_holes_001", "+ photo colours + inside edge 0.01", "and ELICIT's inside edge (0.01)",
+           default=False, change=lambda c: _photo_colour(_losses(c, holes=0.01, opacity=0.0), True)),
+    Method("sweep_photo_holes_003", "+ photo colours + inside edge 0.03", "and ELICIT's inside edge (0.03)",
+           default=False, change=lambda c: _photo_colour(_losses(c, holes=0.03, opacity=0.0), True)),
+    Method("sweep_photo_entropy_0005", "+ photo colours + entropy 0.005", "and the opacity entropy (0.005)",
+           default=False, change=lambda c: _photo_colour(_losses(c, holes=0.0, opacity=0.005), True)),
+    Method("sweep_photo_holes_entropy", "+ photo colours + inside edge + entropy",
+           "and the opacity entropy (0.05)", default=False,
+           change=lambda c: _photo_colour(_losses(c, holes=0.1, opacity=0.05), True)),
 )
 BY_NAME = {m.name: m for m in METHODS}
 

@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 
 from backend.avatar.sampling import body_up, orbit_from_camera, view_bin
-from backend.avatar.stage_a import vertex_normals
+from backend.avatar.photo_colours import vertex_normals
 from backend.body.model import BodyModel
 from backend.demo_job import novel_poses
 from backend.inputs import BodyParams, write_params_json
