@@ -26,12 +26,18 @@ _gpu: dict = {}          # the shader, and per slot (seq, colour texture, depth 
 _reported: set = set()   # draw errors already printed (a draw callback runs many times a second)
 
 VERTEX = "void main() { uv = pos * 0.5 + 0.5; gl_Position = vec4(pos, 0.0, 1.0); }"
+# The frame is sRGB; Blender sets `srgbTarget` on bind when the framebuffer stores linear colour
+# and encodes it itself (then the colour is decoded first, or it would be encoded twice).
 FRAGMENT = """
 void main() {
     vec4 c = texture(image, uv);
     if (c.a <= 0.0) { discard; }
     gl_FragDepth = texture(depth, uv).r;
-    FragColor = vec4(c.rgb * c.a, c.a);
+    vec3 rgb = c.rgb;
+    if (srgbTarget) {
+        rgb = mix(rgb / 12.92, pow((rgb + 0.055) / 1.055, vec3(2.4)), step(vec3(0.04045), rgb));
+    }
+    FragColor = vec4(rgb * c.a, c.a);
 }
 """
 
@@ -91,6 +97,7 @@ def _shader():
         info.vertex_out(varyings)
         info.sampler(0, "FLOAT_2D", "image")
         info.sampler(1, "FLOAT_2D", "depth")
+        info.push_constant("BOOL", "srgbTarget")
         info.fragment_out(0, "VEC4", "FragColor")
         info.depth_write("ANY")
         info.vertex_source(VERTEX)
