@@ -24,17 +24,13 @@ import math
 import bpy
 import numpy as np
 
-EMPTY_DEPTH = 1e10               # what Cycles and EEVEE write where no surface is: the scene wins there
+from .shared.compositing import EMPTY_DEPTH, srgb_to_linear
+
 GROUP = "One-Shot Avatar Composite"
 NODE = "One-Shot Avatar"
 RGBA_IMAGE, DEPTH_IMAGE = "Avatar Render", "Avatar Render Depth"
 CREATED_TAG = "one_shot_avatar_created"   # custom property on a compositor tree we made
 RENDER_TIMEOUT_S = 600.0         # one full-size frame from a CPU backend takes a while
-
-
-def srgb_to_linear(c: np.ndarray) -> np.ndarray:
-    c = np.asarray(c, dtype=np.float32)
-    return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4).astype(np.float32)
 
 
 def layer_pixels(rgba: np.ndarray, depth: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -43,7 +39,7 @@ def layer_pixels(rgba: np.ndarray, depth: np.ndarray | None) -> tuple[np.ndarray
     with straight alpha, and depth in every colour channel (EMPTY_DEPTH where nothing is)."""
     h, w = rgba.shape[:2]
     colour = np.empty((h, w, 4), np.float32)
-    colour[..., :3] = srgb_to_linear(rgba[..., :3].astype(np.float32) / 255.0)
+    colour[..., :3] = srgb_to_linear(rgba[..., :3] / 255.0)
     colour[..., 3] = rgba[..., 3].astype(np.float32) / 255.0
     z = np.full((h, w), EMPTY_DEPTH, np.float32)
     if depth is not None:

@@ -16,7 +16,7 @@ import traceback
 import bpy
 import numpy as np
 
-from . import preferences, rig
+from . import live, preferences, rig
 from .runtime import runtime
 from .viewport_view import Frame, ViewportScheduler, view_camera
 
@@ -42,10 +42,6 @@ void main() {
 """
 
 
-def _pose_key(pose, transl, cam) -> int:
-    return hash((np.round(pose, 5).tobytes(), np.round(transl, 5).tobytes(), repr(cam)))
-
-
 def prepare(context, region, rv3d) -> Frame | None:
     """Ask for this region's frame if its view or the pose changed; the frame to draw (or None).
     Raises ValueError with a user-readable line when it cannot (orthographic, no rig)."""
@@ -59,8 +55,8 @@ def prepare(context, region, rv3d) -> Frame | None:
         cam = view_camera(rv3d.view_matrix, rv3d.window_matrix, region.width, region.height)
         pose, transl = rig.read_pose(s.armature, context.evaluated_depsgraph_get(),
                                      rest_joints=runtime.rest_joints(s.avatar_id))
-        req = scheduler.on_view(slot, _pose_key(pose, transl, cam),
-                                {"pose": pose, "transl": transl, "camera": cam}, rv3d.window_matrix)
+        view = {"pose": pose, "transl": transl, "camera": cam}
+        req = scheduler.on_view(slot, live.view_key(view), view, rv3d.window_matrix)
         if req is not None:
             conn.request_render(req.seq, s.avatar_id, req.view, slot=slot, depth=True)
     return scheduler.shown.get(slot)

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from backend.errors import AvatarError
-from backend.render.exr import EMPTY_DEPTH, read_exr, srgb_to_linear, write_rgbaz
+from backend.render.exr import read_exr, write_rgbaz
+from shared.compositing import EMPTY_DEPTH, srgb_to_linear
 
 ROOT = Path(__file__).resolve().parents[1]
 HALF = 2.0 ** -11   # half precision's relative step; values here are <= 1

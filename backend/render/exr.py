@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from backend.errors import AvatarError, InputError
+from shared.compositing import EMPTY_DEPTH, srgb_to_linear
 
-EMPTY_DEPTH = 1e10
 """Z of pixels with nothing in them (A == 0): Blender Cycles' background depth."""
 
 
@@ -40,12 +40,6 @@ def openexr():
                              "install the version pinned in requirements.lock (pip install OpenEXR) "
                              "or use --format png") from None
     return OpenEXR
-
-
-def srgb_to_linear(c: np.ndarray) -> np.ndarray:
-    """Decode sRGB-encoded values in 0..1 to linear light (the IEC 61966-2-1 piecewise curve)."""
-    c = np.asarray(c, dtype=np.float64)
-    return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
 
 
 def write_rgbaz(path, rgba_straight_srgb: np.ndarray, depth: np.ndarray, *, empty_depth: float = EMPTY_DEPTH) -> Path:
