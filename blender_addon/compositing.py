@@ -24,6 +24,10 @@ import math
 import bpy
 import numpy as np
 
+from .blender_camera import render_size
+from .runtime import runtime
+from .shared.camera import MIN_IMAGE_SIDE
+from .shared.client import ServiceClient
 from .shared.compositing import EMPTY_DEPTH, srgb_to_linear
 
 GROUP = "One-Shot Avatar Composite"
@@ -205,9 +209,6 @@ def uninstall(scene) -> None:
 # ---------------------------------------------------------------------------- one frame, while rendering
 def _render_client():
     """A socket of its own for the render's frames (opened on the first frame of a render job)."""
-    from .runtime import runtime
-    from .shared.client import ServiceClient
-
     conn = runtime.connection
     if conn is None:
         raise ValueError("not connected to a backend (press Connect in the Avatar panel)")
@@ -217,8 +218,6 @@ def _render_client():
 
 
 def close_render_client() -> None:
-    from .runtime import runtime
-
     client, runtime.render_client = runtime.render_client, None
     if client is not None:
         client.close()
@@ -228,10 +227,7 @@ def fetch_frame(scene, depsgraph) -> str | None:
     """The avatar for the frame Blender is about to render (its depsgraph: the pose and camera of
     that frame). Without a backend or avatar the frame renders without it, and says so: the
     problem goes to the status line and the console, and is returned."""
-    from .blender_camera import render_size
-    from .operators import scene_view
-    from .runtime import runtime
-    from .shared.camera import MIN_IMAGE_SIDE
+    from .operators import scene_view   # (operators -> results -> live -> here: imported when used)
 
     s = scene.one_shot_avatar
     if not s.in_renders or not installed(scene):

@@ -16,6 +16,7 @@ import numpy as np
 from bpy.app.handlers import persistent
 
 from . import compositing, preferences
+from .shared.camera import scaled_camera
 from .runtime import now, runtime
 
 IDLE_S = 0.4
@@ -46,8 +47,6 @@ def on_scene_change(scene) -> None:
     runtime.last_view_key, runtime.last_change = key, now()
     scale = preferences.get().scrub_scale
     if scale < 1.0:
-        from .operators import scaled_camera
-
         runtime.reduced_view = (key, s.avatar_id, view)
         view = {**view, "camera": scaled_camera(view["camera"], scale)}
     conn.request_render(scene.frame_current, s.avatar_id, view)

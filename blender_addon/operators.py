@@ -14,7 +14,7 @@ from .blender_camera import camera_dict, render_size
 from .connection import Connection, check_keys, is_local_address
 from .results import start_timer
 from .runtime import runtime
-from .shared.camera import MAX_IMAGE_SIDE, MIN_IMAGE_SIDE
+from .shared.camera import MAX_IMAGE_SIDE, MIN_IMAGE_SIDE, scaled_camera
 
 
 def settings(context=None):
@@ -66,15 +66,6 @@ def scene_view(scene, depsgraph, scale: float = 1.0, avatar_id: str | None = Non
         raise ValueError(f"the render size {size[0]} x {size[1]} (with its %) is outside "
                          f"{MIN_IMAGE_SIDE}..{MAX_IMAGE_SIDE} pixels a side")
     return {"pose": pose, "transl": transl, "camera": cam}
-
-
-def scaled_camera(cam: dict, scale: float) -> dict:
-    """The same view at `scale` times the size (pixel centres aligned), at least 16 pixels a side."""
-    if scale == 1.0:
-        return cam
-    w, h = max(16, round(cam["width"] * scale)), max(16, round(cam["height"] * scale))
-    K = np.asarray(cam["K"], dtype=np.float64) * np.array([[w / cam["width"]], [h / cam["height"]], [1.0]])
-    return {**cam, "K": K.tolist(), "width": w, "height": h}
 
 
 class _NeedsAvatar:

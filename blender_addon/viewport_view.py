@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 
 from .blender_camera import TO_BLENDER
+from .shared.camera import scaled_camera
 
 _FLIP_YZ = np.diag([1.0, -1.0, -1.0])   # Blender view axes <-> OpenCV camera axes
 
@@ -55,11 +56,6 @@ def window_depth(depth: np.ndarray, window_matrix) -> np.ndarray:
     return np.clip(0.5 * ndc + 0.5, 0.0, 1.0).astype(np.float32)
 
 
-def region_size(width: int, height: int, scale: float, minimum: int = 16) -> tuple[int, int]:
-    """The size a frame is asked for at `scale` of the region (at least `minimum` a side)."""
-    return max(minimum, round(width * scale)), max(minimum, round(height * scale))
-
-
 @dataclasses.dataclass
 class Request:
     slot: object       # which viewport region
@@ -93,10 +89,7 @@ class ViewportScheduler:
 
     def _request(self, slot, key, scale, view, window_matrix) -> Request:
         self._seq += 1
-        cam = view["camera"]
-        w, h = region_size(cam["width"], cam["height"], scale)
-        K = np.asarray(cam["K"], dtype=np.float64) * np.array([[w / cam["width"]], [h / cam["height"]], [1.0]])
-        req = Request(slot, key, self._seq, scale, {**view, "camera": {**cam, "K": K.tolist(), "width": w, "height": h}},
+        req = Request(slot, key, self._seq, scale, {**view, "camera": scaled_camera(view["camera"], scale)},
                       [list(map(float, row)) for row in np.asarray(window_matrix)])
         self.pending.setdefault(slot, {})[req.seq] = req
         return req

@@ -118,3 +118,13 @@ def frame_subject(joints, width: int, height: int, focal_35mm: float = DEFAULT_F
     R = np.stack([x, y, z])
     K = np.array([[f, 0.0, width / 2.0], [0.0, f, height / 2.0], [0.0, 0.0, 1.0]])
     return PinholeCamera(K, R, -R @ centre, width, height)
+
+
+def scaled_camera(cam: dict, scale: float) -> dict:
+    """A camera as the protocol sends it ({K, R, t, width, height}): the same view at `scale`
+    times the size (pixel centres aligned), at least MIN_IMAGE_SIDE pixels a side."""
+    if scale == 1.0:
+        return cam
+    w, h = (max(MIN_IMAGE_SIDE, round(cam[k] * scale)) for k in ("width", "height"))
+    K = np.asarray(cam["K"], dtype=np.float64) * np.array([[w / cam["width"]], [h / cam["height"]], [1.0]])
+    return {**cam, "K": K.tolist(), "width": w, "height": h}
