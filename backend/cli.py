@@ -4,6 +4,7 @@
             avatar, render a turntable and novel poses, measure held-out views
   fit       photo [+ mask] + params (or an ELICIT folder) [+ prompt] -> an .avatar file
   render    an .avatar file + turntable / pose sequence / camera path -> PNG frames (+ MP4)
+  export    an .avatar file -> a rigged, textured mesh (.glb, .fbx, .obj) for Blender and engines
   fit-body  fit the body to a photo + mask + params (ELICIT folder or JSON) and write an
             overlay PNG and the fitted parameters, printing silhouette IoU before/after
   sample    write the built-in sample subject (ELICIT format) into a folder
@@ -72,6 +73,26 @@ def _cmd_render(args) -> int:
                           scale=args.scale, device=resolve_device(args.device), fps=args.fps,
                           frame_format=args.format)
     print(f"wrote {len(files)} files to {args.out}")
+    return 0
+
+
+def _cmd_export(args) -> int:
+    from backend.avatar_fit_job import resolve_device
+    from backend.avatar_export_job import ExportConfig, run_export
+    from backend.progress import ProgressPrinter
+
+    cfg = ExportConfig.preset(args.preset, triangles=args.triangles, texture=args.texture)
+    progress = ProgressPrinter()
+    try:
+        result = run_export(args.avatar, args.out, fmt=args.format, cfg=cfg, device=resolve_device(args.device),
+                            overwrite=args.overwrite, progress=progress)
+    finally:
+        progress.close()
+    steps = ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items())
+    print(f"{result.triangles} triangles, {result.vertices} vertices, {result.texture}² texture, "
+          f"{result.bytes / 1e6:.1f} MB ({steps})")
+    for f in result.files:
+        print(f"wrote {f}")
     return 0
 
 
@@ -301,6 +322,17 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     render.add_argument("--out", type=Path, default=Path("out/render"))
     render.set_defaults(func=_cmd_render)
+
+    export = sub.add_parser("export", help="bake an avatar file into a rigged, textured mesh")
+    export.add_argument("avatar", type=Path)
+    export.add_argument("--out", type=Path, required=True, help="the file: .glb, .fbx or .obj")
+    export.add_argument("--format", choices=["glb", "fbx", "obj"], help="default: from --out's suffix")
+    export.add_argument("--preset", default="default", choices=["default", "tiny"])
+    export.add_argument("--triangles", type=int, help="at most this many triangles (default 100000)")
+    export.add_argument("--texture", type=int, help="texture size in texels per side (default 2048)")
+    export.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    export.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    export.set_defaults(func=_cmd_export)
 
     demo = sub.add_parser("demo", help="run the main job on the built-in sample subject")
     demo.add_argument("--preset", default="quick", choices=["quick", "full", "tiny"])

@@ -15,6 +15,8 @@ class ProgressPrinter:
     def __call__(self, rec: dict) -> None:
         if rec.get("stage") == "A":
             line = f"  stage A {rec['iteration']:4d}/{rec['of']}  loss {rec['loss']:.4f}"
+        elif rec.get("stage") == "export":
+            line = f"  export: {rec['step']}"
         else:
             it = rec["iteration"]
             if not self.tty and it % self.every and it != 1:

@@ -178,7 +178,7 @@ def test_tiny_benchmark_end_to_end(open_body, tmp_path):
 
     out = tmp_path / "bench"
     logs = []
-    methods = ["full", "full_fitted_body", "no_clip_text", "recon_only", "projection"]
+    methods = ["full", "full_fitted_body", "no_clip_text", "recon_only", "projection", "exported_mesh"]
     results = run_benchmark("tiny", out, methods=methods,
                             clip_spec=ClipSpec.tiny_test(), cache=tmp_path / "cache", command="test",
                             log=logs.append)
@@ -188,6 +188,11 @@ def test_tiny_benchmark_end_to_end(open_body, tmp_path):
         assert set(summary[name]["by_bin"]) == set(report.BINS)
         assert np.isfinite(summary[name]["by_bin"]["back"]["psnr"])
     assert summary["full_fitted_body"]["status"] == "ok"       # the full method on the fitted body
+    # the exported mesh of the full method's avatar, rendered by Cycles at every view
+    assert summary["exported_mesh"]["status"] == "ok" and set(summary["exported_mesh"]["by_bin"]) == set(report.BINS)
+    export = json.loads((out / "results.json").read_text())["subjects"][0]["methods"]["exported_mesh"]["export"]
+    assert export["triangles"] <= 8000 and export["texture"] == 256 and export["silhouette_iou"]["mean"] > 0.6
+    assert "## Exported mesh" in (out / "results.md").read_text()
     saved = json.loads((out / "results.json").read_text())
     assert saved["subjects"][0]["body_fit"]["iou_after"] > saved["subjects"][0]["body_fit"]["iou_before"]
     assert "| Full method |" in (out / "results.md").read_text()

@@ -167,8 +167,35 @@ def build_material(obj, look: dict) -> None:
     obj.data.materials.append(mat)
 
 
+def build_texture_material(obj, uvs: np.ndarray, texture: str) -> None:
+    """The exported mesh's look: its colour texture through its UVs (per vertex), emitted as is."""
+    import bpy
+
+    mesh = obj.data
+    layer = mesh.uv_layers.new(name="UVMap")
+    loop_vertices = np.empty(len(mesh.loops), np.int32)
+    mesh.loops.foreach_get("vertex_index", loop_vertices)
+    uv = np.asarray(uvs, np.float32)[loop_vertices].copy()
+    uv[:, 1] = 1.0 - uv[:, 1]   # glTF's v runs down the image, Blender's up
+    layer.data.foreach_set("uv", uv.ravel())
+    mat = bpy.data.materials.new("exported")
+    if mat.node_tree is None:
+        mat.use_nodes = True
+    nodes, links = mat.node_tree.nodes, mat.node_tree.links
+    nodes.clear()
+    image = nodes.new("ShaderNodeTexImage")
+    image.image = bpy.data.images.load(texture)
+    image.interpolation = "Linear"
+    emission = nodes.new("ShaderNodeEmission")
+    links.new(image.outputs["Color"], emission.inputs["Color"])
+    out = nodes.new("ShaderNodeOutputMaterial")
+    links.new(emission.outputs["Emission"], out.inputs["Surface"])
+    mesh.materials.append(mat)
+
+
 def render_job(job_path: Path, out_dir: Path) -> list[Path]:
-    """Render every view of a job file (see subjects.write_cycles_job) to OUT_DIR/<view>.png."""
+    """Render every view of a job file (see subjects.write_cycles_job, or a textured mesh's:
+    meta kind "textured", `uvs` and meta `texture`) to OUT_DIR/<view>.png."""
     import bpy
 
     job = np.load(job_path, allow_pickle=False)
@@ -177,22 +204,34 @@ def render_job(job_path: Path, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     cams = [PinholeCamera(job["K"][i], job["R"][i], job["t"][i], meta["width"], meta["height"])
             for i in range(len(meta["views"]))]
-    verts, shades = job["vertices"], job["shade"]
+    verts = job["vertices"]
     scene, obj, cam_obj = new_scene(verts[0], job["faces"], cams[0])
     cycles_settings(scene, meta["samples"], meta.get("filter_width", 1.5))
     mesh = obj.data
+    if meta.get("kind") == "textured":
+        build_texture_material(obj, job["uvs"], meta["texture"])
+        return _render_views(scene, obj, cam_obj, cams, meta["views"], verts, job["pose_index"], out_dir)
+    shades = job["shade"]
     for name in ("rest", "albedo", "front_print", "back_print"):
         values = job[name]
         if name == "albedo":
             values = np.concatenate([values, np.ones((len(values), 1))], 1)
         _set_attribute(mesh, name, values)
     build_material(obj, meta["look"])
+    return _render_views(scene, obj, cam_obj, cams, meta["views"], verts, job["pose_index"], out_dir, shades)
+
+
+def _render_views(scene, obj, cam_obj, cams, views, verts, pose_index, out_dir: Path, shades=None) -> list[Path]:
+    import bpy
+
+    mesh = obj.data
     written, current = [], None
-    for i, view in enumerate(meta["views"]):
-        p = int(job["pose_index"][i])
+    for i, view in enumerate(views):
+        p = int(pose_index[i])
         if p != current:
             mesh.vertices.foreach_set("co", verts[p].astype(np.float32).ravel())
-            _set_attribute(mesh, "shade", shades[p])
+            if shades is not None:
+                _set_attribute(mesh, "shade", shades[p])
             mesh.update()
             current = p
         apply_camera(cam_obj, scene, cams[i])

@@ -18,7 +18,8 @@ class Method:
     name: str
     label: str
     description: str
-    kind: str = "avatar"            # "avatar" (fit_avatar) or "projection"
+    kind: str = "avatar"            # "avatar" (fit_avatar), "projection" or "export" (a baked mesh)
+    source: str = "full"            # "export": the method whose avatar is baked
     needs_clip: bool = False        # skipped, with the reason, where no CLIP weights exist
     use_prompt: bool = True         # CLIP text guidance with the subject's description
     body: str | None = None         # "true" / "fitted" / "photo" body parameters; None: the run's choice
@@ -66,6 +67,9 @@ METHODS = (
     Method("no_clip_text", "w/o CLIP text", "CLIP image loss only, no prompt", needs_clip=True, use_prompt=False),
     Method("recon_only", "Reconstruction-only NeRF", "no priors: no stage A, only the photo's losses",
            change=_reconstruction_only),
+    Method("exported_mesh", "Exported mesh (of the full method)",
+           "the full method's avatar baked by `backend export` (marching cubes, decimated, UV texture, top-4 "
+           "skinning) and rendered by Cycles: emission, no lighting, the same cameras", kind="export"),
     Method("projection", "Body-texture projection", "the photo projected on the body, mirrored to the back",
            kind="projection"),
     Method("projection_fitted_body", "Body-texture projection, fitted body",

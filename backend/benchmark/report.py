@@ -112,6 +112,23 @@ def per_subject_table(results: dict, summary: dict) -> str:
     return "\n".join(lines)
 
 
+def export_table(results: dict) -> str | None:
+    """The exported mesh per subject: its size, bake time and silhouette agreement with the
+    neural render (None when no run baked one)."""
+    rows = [(s["name"], run["export"]) for s in results["subjects"] for run in s["methods"].values()
+            if isinstance(run, dict) and "export" in run]
+    if not rows:
+        return None
+    lines = ["| Subject | triangles | texture | bake (s) | .glb (MB) | silhouette IoU min / mean |",
+             "|---|---|---|---|---|---|"]
+    for name, e in rows:
+        iou = e.get("silhouette_iou", {})
+        lines.append(f"| {name} | {e['triangles']} | {e['texture']}² | {e['bake_seconds']:.1f} | "
+                     f"{e['glb_bytes'] / 1e6:.1f} | {iou.get('min', float('nan')):.3f} / "
+                     f"{iou.get('mean', float('nan')):.3f} |")
+    return "\n".join(lines)
+
+
 def write_markdown(results: dict, summary: dict) -> str:
     r = results
     parts = [f"# Quality benchmark ({r['size']['name']})", "",
@@ -136,6 +153,10 @@ def write_markdown(results: dict, summary: dict) -> str:
         parts += ["", "## Semi-transparent fraction (of the rendered silhouette, alpha 0.1–0.9), lower is better",
                   "", markdown_table(summary, metrics=("semi_transparent",),
                                      memory_kind=r.get("memory_kind", "peak memory"))]
+    exported = export_table(results)
+    if exported:
+        parts += ["", "## Exported mesh (`backend export`; IoU of its silhouette and the neural render's, every "
+                  "view)", "", exported]
     parts += ["", "## Held-out PSNR (dB) per subject (every view but the input)", "",
               per_subject_table(results, summary)]
     parts += ["", "## Body fit from the rough estimate (used by the rows on the fitted body)", "",

@@ -46,6 +46,7 @@ class BenchmarkSize:
     preset: str = "quick"         # the avatar fit preset every method starts from
     iterations: int | None = None  # stage-B iterations (None: the preset's)
     body_preset: str = "quick"
+    export_preset: str = "default"  # the "exported mesh" row's bake (backend export --preset)
 
 
 SIZES = {
@@ -54,7 +55,7 @@ SIZES = {
     # a GPU: paper-like fits at full resolution
     "full": BenchmarkSize("full", 6, preset="full", iterations=1000, body_preset="full"),
     # tests: one small subject in about a minute
-    "tiny": BenchmarkSize("tiny", 1, render_size=128, samples=8, preset="tiny"),
+    "tiny": BenchmarkSize("tiny", 1, render_size=128, samples=8, preset="tiny", export_preset="tiny"),
 }
 
 
@@ -91,7 +92,10 @@ def view_setups(subject: Subject, start: StartBody, body: BodyModel, scale: floa
 def evaluate(render, subject: Subject, start: StartBody, body: BodyModel, scale: float, lpips=None):
     """Metrics per view and the renders (for the grid)."""
     rows, images = [], {}
-    for view, cam, pose in view_setups(subject, start, body, scale):
+    setups = list(view_setups(subject, start, body, scale))
+    if hasattr(render, "prepare"):   # renders every view at once (the exported mesh, by Cycles)
+        render.prepare(setups, start.transl)
+    for view, cam, pose in setups:
         pred, pred_alpha = render(cam, pose, start.transl)
         truth, alpha = subject.ground_truth(view.name, scale)
         row = {"view": view.name, "bin": view.bin, **boxed_metrics(pred, truth, alpha, lpips)}
@@ -134,20 +138,37 @@ def fit_subject_body(subject: Subject, body: BodyModel, size: BenchmarkSize, wor
 
 
 def run_method(method: Method, subject: Subject, body_fit, start: StartBody, body: BodyModel, size: BenchmarkSize,
-               work: Path, device: torch.device, clip, lpips_fit, lpips_metric, keep_avatar: bool = False):
+               work: Path, device: torch.device, clip, lpips_fit, lpips_metric, keep_avatar: bool = False,
+               fitted_avatars: dict | None = None):
     """One method on one subject: {'status', 'fit_seconds', 'eval_seconds', 'peak_memory_mb',
-    'views'} and the renders."""
+    'views'} and the renders. `fitted_avatars`: this subject's avatars by method name, filled
+    here (the exported-mesh row bakes the full method's rather than fitting it again)."""
     from backend.avatar_fit_job import fit_avatar
 
     if method.needs_clip and clip is None:
         return {"status": "skipped: no CLIP weights on this machine (docs/clip.md)"}, {}
     inputs = body_fit.inputs
+    fitted_avatars = {} if fitted_avatars is None else fitted_avatars
+    extra = {}
     with PeakMemory(device) as mem:
         with Stopwatch() as fit_time:
             if method.kind == "projection":
                 model = ProjectionBaseline(body, inputs.image, body_fit.mask, inputs.camera,
                                            start.pose, start.betas, start.transl)
                 renderer = lambda cam, pose, transl: (model.render(cam, pose, transl), None)  # noqa: E731
+            elif method.kind == "export":
+                from backend.avatar_export_job import ExportConfig
+                from backend.benchmark.exported import ExportedMeshRenderer
+                from backend.benchmark.methods import BY_NAME
+
+                source = fitted_avatars.get(method.source)
+                if source is None:
+                    run_method(BY_NAME[method.source], subject, body_fit, start, body, size, work, device, clip,
+                               lpips_fit, lpips_metric, keep_avatar, fitted_avatars)
+                    source = fitted_avatars[method.source]
+                renderer = ExportedMeshRenderer(source, ExportConfig.preset(size.export_preset),
+                                                photo_view=(inputs.camera, start.pose, start.transl))
+                extra["export"] = renderer.stats
             else:
                 cfg = fit_config(size, method)
                 out = work / method.name / "avatar.avatar"
@@ -157,13 +178,14 @@ def run_method(method: Method, subject: Subject, body_fit, start: StartBody, bod
                                     start.transl, out, cfg, clip=clip if cfg.use_clip else None, lpips=lpips_fit,
                                     prompt=subject.manifest["prompt"] if method.use_prompt else None,
                                     device=device, resume=False, log=lambda m: None)
-                renderer = _avatar_renderer(result.record.avatar.eval())
+                fitted_avatars[method.name] = result.record.avatar.eval()
+                renderer = _avatar_renderer(fitted_avatars[method.name])
         with Stopwatch() as eval_time:
             rows, images = evaluate(renderer, subject, start, body, size.eval_scale, lpips_metric)
-    if method.kind != "projection" and not keep_avatar:
+    if method.kind == "avatar" and not keep_avatar:
         shutil.rmtree(out.parent)   # full-size avatars are tens of MB each
     return {"status": "ok", "fit_seconds": fit_time.seconds, "eval_seconds": eval_time.seconds,
-            "peak_memory_mb": mem.peak_mb, "views": rows}, images
+            "peak_memory_mb": mem.peak_mb, "views": rows, **extra}, images
 
 
 def run_benchmark(size_name: str = "quick", out_dir: Path = Path("out/benchmark"), methods: list[str] | None = None,
@@ -221,12 +243,12 @@ def run_benchmark(size_name: str = "quick", out_dir: Path = Path("out/benchmark"
             log(f"{subject.name}: estimating the body from the photo alone")
             photo_fit, photo_body, entry["photo_body_fit"] = fit_subject_body(subject, cpu_body, size, work, "photo")
             starts["photo"] = (photo_fit, photo_body)
-        renders = {}
+        renders, fitted_avatars = {}, {}
         for method in chosen:
             method_fit, start = starts[body_source(method, body_source_name)]
             try:
                 run, images = run_method(method, subject, method_fit, start, body, size, work, device, clip,
-                                         lpips, lpips, keep_avatars)
+                                         lpips, lpips, keep_avatars, fitted_avatars)
             except Exception as exc:  # one broken row must not lose the others' hours of work
                 traceback.print_exc()
                 run, images = {"status": f"failed: {type(exc).__name__}: {exc}"}, {}
