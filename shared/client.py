@@ -187,6 +187,15 @@ class ServiceClient:
         msg = self.request("load", {"avatar": avatar})
         return {**msg.fields, "proxy": P.proxy_from_frames(msg.frames)}
 
+    def export(self, avatar: str, preset: str | None = None, triangles: int | None = None,
+               texture: int | None = None, timeout: float = 900.0) -> tuple[dict, bytes]:
+        """Bake a finished avatar into a rigged, textured mesh: (its triangles, vertices, texture
+        size and seconds; the .glb file's bytes)."""
+        msg_id = self.send("export", {"avatar": avatar, "preset": preset, "triangles": triangles,
+                                      "texture": texture})
+        msg = self.receive(msg_id, timeout=timeout)
+        return msg.fields, msg.frames["glb"].tobytes()
+
     def cancel(self, job: str) -> None:
         self.request("cancel", {"job": job})
 

@@ -61,6 +61,11 @@ PROXY_MAX_VERTICES = 1 << 16
 PROXY_MAX_FACES = 1 << 17
 PROXY_MAX_INFLUENCES = 8
 PROXY_WEIGHT_SUM_TOLERANCE = 1e-3
+# The mesh bake (`export`): the backend's presets (backend/avatar_export_job.py) and the limits a
+# request may ask for; the .glb comes back as one uint8 frame of N x 1 bytes
+EXPORT_PRESETS = ("default", "tiny")
+EXPORT_MAX_TRIANGLES = 1_000_000
+EXPORT_MAX_TEXTURE = 4096
 
 # error codes (the `code` field of an `error` message)
 BAD_MESSAGE = "bad_message"         # not a valid multipart msgpack message at all
@@ -364,6 +369,17 @@ MESSAGES = _types(
                 frames=PROXY_FRAMES, arrays=PROXY_ARRAYS, check_frames=_proxy_ok,
                 doc="server -> client: the fitted body (pose, translation, rest joints for a rig) and the photo's "
                     "camera [+ the body's rest-pose mesh with skinning, a shadow proxy for a rig: PROXY_FRAMES]"),
+    MessageType("export", {"avatar": AVATAR_ID, "preset": optional(string(32, EXPORT_PRESETS)),
+                           "triangles": optional(integer(100, EXPORT_MAX_TRIANGLES)),
+                           "texture": optional(integer(64, EXPORT_MAX_TEXTURE))},
+                doc="client -> server: bake a finished avatar into a rigged, textured mesh (a minute or so on a "
+                    "CPU; the worker renders nothing meanwhile); answered by exported"),
+    MessageType("exported", {"avatar": AVATAR_ID, "triangles": required(integer(0, 1 << 31)),
+                             "vertices": required(integer(0, 1 << 31)), "texture": required(integer(1, 1 << 16)),
+                             "seconds": required(number(0.0))},
+                frames=("glb",), arrays={"glb": ArrayFrame("uint8", (12, MAX_FRAME_BYTES), (1, 1))},
+                doc="server -> client: the baked avatar as a glTF binary (.glb: the 24-joint SMPL skeleton, "
+                    "skinning weights, UVs and the colour texture)"),
     # rendering
     MessageType("render", {"avatar": AVATAR_ID, "view": required(VIEW), "format": FORMAT, "depth": DEPTH},
                 doc="client -> server: one frame; answered by frame"),

@@ -240,6 +240,12 @@ class Server:
         self._known(msg.fields["avatar"])
         self.worker.submit_load(identity, msg.id, msg.fields["avatar"])
 
+    def _on_export(self, identity, msg) -> None:
+        f = msg.fields
+        self._known(f["avatar"])
+        self.worker.submit_export(identity, msg.id, f["avatar"],
+                                  {"preset": f["preset"], "triangles": f["triangles"], "texture": f["texture"]})
+
     def _on_render(self, identity, msg) -> None:
         f = msg.fields
         self._known(f["avatar"])

@@ -70,6 +70,7 @@ class RenderRequest:
     view: dict
     format: str
     load_only: bool = False     # a `load`: warm the cache and describe the avatar, no image
+    export: dict | None = None  # an `export`: bake the avatar with these settings (preset, triangles, texture)
     depth: bool = False         # send the frame's depth too
     received: float = dataclasses.field(default_factory=time.perf_counter)
 
@@ -151,6 +152,9 @@ class Worker(threading.Thread):
 
     def submit_load(self, identity: bytes, request_id: int, avatar: str) -> None:
         self._queue_render(RenderRequest(identity, request_id, avatar, {}, "", load_only=True))
+
+    def submit_export(self, identity: bytes, request_id: int, avatar: str, settings: dict) -> None:
+        self._queue_render(RenderRequest(identity, request_id, avatar, {}, "", export=settings))
 
     def _queue_render(self, req: RenderRequest) -> None:
         with self.lock:
@@ -439,6 +443,9 @@ class Worker(threading.Thread):
                     "warnings": list((rec.report or {}).get("warnings", []))[:16]},
                     P.proxy_frames(_proxy(rec.avatar)), id=req.request_id)
                 return
+            if req.export is not None:
+                self._export(req)
+                return
             frames, seconds = self._frame(req.avatar, req.view, req.format, req.depth)
         except P.ProtocolError as exc:
             self._error(req.identity, req.request_id, exc.code, exc.message)
@@ -448,6 +455,29 @@ class Worker(threading.Thread):
             self._error(req.identity, req.request_id, P.INTERNAL, f"render failed: {exc}")
             return
         self._send(req.identity, "frame", {"index": 0, "seconds": seconds}, frames, id=req.request_id)
+
+    def _export(self, req: RenderRequest) -> None:
+        from backend.avatar_export_job import ExportConfig, bake
+        from backend.errors import InputError
+        from backend.export.gltf import to_glb
+
+        rec = self._avatar(req.avatar)
+        if rec.stage != "done":
+            raise P.ProtocolError(P.BAD_FIELD, f"avatar {req.avatar!r} is not finished (stage {rec.stage}); "
+                                               f"export it once its fit is done")
+        try:
+            cfg = ExportConfig.preset(req.export.get("preset") or "default", triangles=req.export.get("triangles"),
+                                      texture=req.export.get("texture"))
+        except InputError as exc:
+            raise P.ProtocolError(P.BAD_FIELD, str(exc)) from None
+        start = time.perf_counter()
+        with torch.no_grad():
+            mesh, _ = bake(rec.avatar, cfg, photo_view=(rec.camera, rec.pose, rec.transl))
+        data = np.frombuffer(to_glb(mesh, name=f"avatar_{req.avatar[:6]}"), np.uint8).reshape(-1, 1)
+        self._send(req.identity, "exported", {
+            "avatar": req.avatar, "triangles": int(len(mesh.faces)), "vertices": int(len(mesh.vertices)),
+            "texture": int(mesh.texture.shape[0]), "seconds": time.perf_counter() - start},
+            {"glb": data}, id=req.request_id)
 
     def _all_streams(self):
         current = [self._current_stream] if getattr(self, "_current_stream", None) is not None else []
