@@ -188,8 +188,29 @@ class Connection:
             self._post("loaded", keep_pose=kw.get("keep_pose", False), **client.load(kw["avatar"]))
         elif kind == "fit":
             self._fit(client, kw)
+        elif kind == "export":
+            self._export(client, kw)
         elif kind == "stream":
             self._stream(client, kw)
+
+    def _export(self, client: ServiceClient, kw: dict) -> None:
+        """Bake the avatar on the backend and write the .glb to kw["path"] (a name the operator
+        chose that holds nothing yet; written whole or not at all)."""
+        try:
+            info, data = client.export(kw["avatar"], preset=kw.get("preset"))
+        except (ServiceError, ProtocolError) as exc:
+            self._post("export_failed", text=f"the backend could not bake the mesh: {exc.message}")
+            return
+        path = Path(kw["path"])
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.part")
+            tmp.write_bytes(data)
+            tmp.replace(path)
+        except OSError as exc:
+            self._post("export_failed", text=f"could not write {path}: {exc.strerror or exc}")
+            return
+        self._post("exported", path=str(path), **info)
 
     def _fit(self, client: ServiceClient, kw: dict) -> None:
         try:

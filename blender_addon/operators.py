@@ -1,4 +1,5 @@
-"""Operators: connect, add a rig, create an avatar from a photo, cancel, load, preview, render.
+"""Operators: connect, add a rig, create an avatar from a photo, cancel, load, preview, render,
+import the avatar's exported mesh, key a motion file onto the rig.
 
 Nothing here blocks the UI: operators only submit to the connection thread; the result timer
 (results.poll_results) applies what comes back. User errors are one report line, never a
@@ -9,12 +10,13 @@ from __future__ import annotations
 import bpy
 import numpy as np
 
-from . import preferences, rig, scene_setup
+from . import mesh_import, motion, preferences, rig, scene_setup
 from .blender_camera import camera_dict, render_size
 from .connection import Connection, check_keys, is_local_address
-from .results import start_timer
+from .results import import_note, start_timer
 from .runtime import runtime
 from .shared.camera import MAX_IMAGE_SIDE, MIN_IMAGE_SIDE, scaled_camera
+from .shared.protocol import EXPORT_PRESETS
 
 
 def settings(context=None):
@@ -271,6 +273,107 @@ class AVATAR_OT_render_animation(_NeedsAvatar, bpy.types.Operator):
         return {"FINISHED"}
 
 
+class AVATAR_OT_import_mesh(bpy.types.Operator):
+    bl_idname = "one_shot_avatar.import_mesh"
+    bl_label = "Import as mesh"
+    bl_description = ("Import an avatar baked by 'python -m backend export' (.glb) as a textured mesh: bound to "
+                      "the chosen rig when it is our rig of the same body, else with its own SMPL skeleton")
+    bl_options = {"REGISTER", "UNDO"}
+
+    filepath: bpy.props.StringProperty(name="File", subtype="FILE_PATH", description="The avatar's .glb file")
+    filter_glob: bpy.props.StringProperty(default="*.glb", options={"HIDDEN"})
+
+    @classmethod
+    def poll(cls, context):
+        return context.mode == "OBJECT"
+
+    def invoke(self, context, event):
+        context.window_manager.fileselect_add(self)
+        return {"RUNNING_MODAL"}
+
+    def execute(self, context):
+        s = settings(context)
+        try:
+            obj, note = mesh_import.import_mesh(context, self.filepath, s.armature)
+        except Exception as exc:  # noqa: BLE001 - a failed import is one report line, never a traceback
+            message = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+            s.status = f"could not import the mesh: {message}"[:200]
+            self.report({"ERROR"}, message)
+            return {"CANCELLED"}
+        bound = not note
+        s.status = import_note(s, obj, s.armature, note)[:200]
+        self.report({"WARNING"} if not bound and s.armature is not None else {"INFO"}, s.status)
+        return {"FINISHED"}
+
+
+class AVATAR_OT_load_motion(bpy.types.Operator):
+    bl_idname = "one_shot_avatar.load_motion"
+    bl_label = "Load SMPL motion"
+    bl_description = ("Key a motion file onto the chosen rig from the start frame, one key per scene frame: "
+                      ".npz with SMPL 'poses' (N, 72) and optional 'transl' (N, 3), or an AMASS file "
+                      "(body joints, 'trans', resampled to the scene's frame rate)")
+    bl_options = {"REGISTER", "UNDO"}
+
+    filepath: bpy.props.StringProperty(name="File", subtype="FILE_PATH", description="The motion's .npz file")
+    filter_glob: bpy.props.StringProperty(default="*.npz", options={"HIDDEN"})
+    start_frame: bpy.props.IntProperty(name="Start frame", default=1, min=-motion.MAX_BLENDER_FRAME,
+                                       max=motion.MAX_BLENDER_FRAME, description="The frame of the motion's first pose")
+
+    @classmethod
+    def poll(cls, context):
+        return settings(context).armature is not None and context.mode == "OBJECT"
+
+    def invoke(self, context, event):
+        self.start_frame = context.scene.frame_current
+        context.window_manager.fileselect_add(self)
+        return {"RUNNING_MODAL"}
+
+    def execute(self, context):
+        s = settings(context)
+        path = bpy.path.abspath(self.filepath)
+        name = bpy.path.basename(path) or path
+        try:
+            m = motion.read_motion(path)
+            first, last, note = motion.apply_motion(context, s.armature, m, self.start_frame,
+                                                    rest_joints=runtime.rest_joints(s.avatar_id))
+        except Exception as exc:  # noqa: BLE001 - a failed load is one report line, never a traceback
+            message = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+            s.status = f"could not load the motion: {message}"[:200]
+            self.report({"ERROR"}, message)
+            return {"CANCELLED"}
+        s.status = (f"keyed {last - first + 1} frames ({first}–{last}) of {name} on '{s.armature.name}'"
+                    + (f"; {note}" if note else ""))[:200]
+        self.report({"INFO"}, s.status)
+        return {"FINISHED"}
+
+
+class AVATAR_OT_bake_mesh(bpy.types.Operator):
+    bl_idname = "one_shot_avatar.bake_mesh"
+    bl_label = "Bake mesh"
+    bl_description = ("Have the backend bake the chosen avatar into a rigged, textured mesh (a minute or so on "
+                      "a CPU) and import it: bound to the rig when the avatar is loaded, so it plays without "
+                      "the backend. The .glb is kept beside the .blend file (avatars/) or in the temp folder")
+    bl_options = {"REGISTER"}
+
+    preset: bpy.props.EnumProperty(
+        name="Preset", items=[(p, p.capitalize(), "") for p in EXPORT_PRESETS], default=EXPORT_PRESETS[0],
+        description="Default: up to 100k triangles and a 2048² texture; Tiny: 8k triangles, 256² (a quick look)")
+
+    @classmethod
+    def poll(cls, context):
+        s = settings(context)
+        return (connected() and bool(s.avatar_id) and runtime.exporting is None
+                and any(a["id"] == s.avatar_id and a["stage"] == "done" for a in runtime.avatars))
+
+    def execute(self, context):
+        s = settings(context)
+        path = mesh_import.bake_path(s.avatar_id)
+        runtime.exporting = s.avatar_id
+        runtime.connection.submit("export", avatar=s.avatar_id, path=path, preset=self.preset)
+        s.status = f"baking avatar {s.avatar_id} into a mesh on the backend (about a minute on a CPU)"
+        return {"FINISHED"}
+
+
 class AVATAR_OT_cancel_render(bpy.types.Operator):
     bl_idname = "one_shot_avatar.cancel_render"
     bl_label = "Stop rendering"
@@ -286,4 +389,5 @@ class AVATAR_OT_cancel_render(bpy.types.Operator):
 
 
 classes = (AVATAR_OT_connect, AVATAR_OT_add_rig, AVATAR_OT_frame_photo, AVATAR_OT_create, AVATAR_OT_cancel,
-           AVATAR_OT_load, AVATAR_OT_preview, AVATAR_OT_render_animation, AVATAR_OT_cancel_render)
+           AVATAR_OT_load, AVATAR_OT_preview, AVATAR_OT_render_animation, AVATAR_OT_cancel_render,
+           AVATAR_OT_import_mesh, AVATAR_OT_bake_mesh, AVATAR_OT_load_motion)

@@ -117,6 +117,32 @@ def _loaded(s, payload: dict) -> None:
     s.status = ("avatar ready" if kept else f"loaded avatar {payload['avatar']}") + "".join(f"; {n}" for n in notes)
 
 
+def import_note(s, obj, armature, note: str) -> str:
+    """The status after importing the mesh `obj`. Bound to the rig (`note` empty), it stands in
+    for the neural avatar: the add-on stops drawing and compositing that one and removes its
+    shadow proxy (the mesh casts its own shadow)."""
+    if note:
+        return note
+    switched = [name for name in ("show_in_viewport", "in_renders", "shadow_proxy") if getattr(s, name)]
+    for name in switched:
+        setattr(s, name, False)   # (their update callbacks take the node and the proxy out)
+    return (f"imported '{obj.name}', bound to '{armature.name}'"
+            + ("; it stands in for the neural avatar (now hidden in the viewport, F12 and shadows)"
+               if switched else ""))
+
+
+def _exported(s, payload: dict) -> None:
+    """The backend's bake is on disk: import it, bound to the rig when it is this avatar's."""
+    from . import mesh_import
+
+    runtime.exporting = None
+    rest = runtime.rest_joints(payload["avatar"])
+    armature = s.armature if rest is not None else None   # a rig posed for another avatar is not this mesh's
+    obj, note = mesh_import.import_mesh(bpy.context, payload["path"], armature, rest)
+    s.status = (f"baked {payload['triangles']} triangles into {os.path.basename(payload['path'])}; "
+                + import_note(s, obj, armature, note))[:200]
+
+
 def apply_result(kind: str, payload: dict) -> None:
     s = settings()
     if kind == "welcome":
@@ -126,12 +152,18 @@ def apply_result(kind: str, payload: dict) -> None:
     elif kind in ("status", "error"):
         s.status = payload["text"][:200]
     elif kind == "lost":
-        interrupted = [w for w, on in (("the fit", runtime.job), ("the animation render", runtime.streaming)) if on]
-        runtime.job, runtime.streaming = None, False
+        interrupted = [w for w, on in (("the fit", runtime.job), ("the animation render", runtime.streaming),
+                                       ("the mesh bake", runtime.exporting)) if on]
+        runtime.job, runtime.streaming, runtime.exporting = None, False, None
         s.status = (payload["text"] + "".join(f"; {w} was interrupted" for w in interrupted))[:200]
     elif kind == "fit_failed":
         runtime.job = None
         s.status = payload["text"][:200]
+    elif kind == "export_failed":
+        runtime.exporting = None
+        s.status = payload["text"][:200]
+    elif kind == "exported":
+        _exported(s, payload)
     elif kind == "avatars":
         runtime.avatars = list(payload["avatars"])
         done = [a["id"] for a in runtime.avatars if a["stage"] == "done"]

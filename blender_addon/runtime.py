@@ -13,6 +13,7 @@ class Runtime:
     avatars: list = dataclasses.field(default_factory=list)   # the server's list, newest last
     enum_items: list = dataclasses.field(default_factory=list)  # kept alive for the EnumProperty
     streaming: bool = False
+    exporting: str | None = None     # the avatar whose mesh the backend is baking (Bake mesh)
     stream_frames: list = dataclasses.field(default_factory=list)
     stream_dir: str = ""
     stepping_frames: bool = False    # an operator walks the timeline: no live-preview requests
