@@ -64,7 +64,8 @@ class ExportedMeshRenderer:
             with torch.no_grad():
                 neural = self.avatar.render(cam, pose, transl).alpha.float().cpu().numpy()
             ious.append(silhouette_iou(image[..., 3] > 0.5, neural > 0.5))
-        self.stats["silhouette_iou"] = {"min": float(np.min(ious)), "mean": float(np.mean(ious))}
+        self.stats["silhouette_iou"] = {"min": float(np.min(ious)), "mean": float(np.mean(ious)),
+                                        "per_view": [round(float(v), 4) for v in ious]}
         self.images = [im[..., :3] * im[..., 3:] + (1.0 - im[..., 3:]) * WHITE for im in rgba]
 
     def __call__(self, cam, pose, transl):
