@@ -334,3 +334,23 @@ def test_presets_are_typed_and_round_trip():
         assert isinstance(cfg, FitConfig) and FitConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="unknown preset 'fast'"):
         preset("fast")
+
+
+def test_nearest_bone_first_guess_follows_the_posed_skeleton(open_body):
+    """Points on a posed limb take that limb's bone; a point in the torso behind a lowered arm
+    takes the spine's, not the arm's (the per-ray surface weights would give the arm's)."""
+    from backend.avatar.model import bone_segments, nearest_bone_weights
+
+    betas = np.zeros(open_body.num_betas, np.float32)
+    segments = bone_segments(open_body, betas)
+    pose = np.zeros(72)
+    pose[3 * JOINT_INDEX["left_shoulder"]:3 * JOINT_INDEX["left_shoulder"] + 3] = (0.0, 0.0, -1.2)  # arm down
+    pose[3 * JOINT_INDEX["left_elbow"]:3 * JOINT_INDEX["left_elbow"] + 3] = (0.0, -1.0, 0.0)        # bent
+    out = open_body(pose, betas, np.zeros(3))
+    T, J = out.transforms[0].detach(), out.joints[0].detach()
+    forearm = (J[JOINT_INDEX["left_elbow"]] + J[JOINT_INDEX["left_wrist"]]) / 2
+    upper_arm = (J[JOINT_INDEX["left_shoulder"]] + J[JOINT_INDEX["left_elbow"]]) / 2
+    chest = (J[JOINT_INDEX["spine2"]] + J[JOINT_INDEX["spine3"]]) / 2
+    w = nearest_bone_weights(torch.stack([forearm, upper_arm, chest]), T, *segments)
+    assert w.sum(1).eq(1).all()
+    assert w.argmax(1).tolist() == [JOINT_INDEX["left_elbow"], JOINT_INDEX["left_shoulder"], JOINT_INDEX["spine2"]]

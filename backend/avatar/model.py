@@ -31,6 +31,10 @@ class RenderConfig:
     box_padding: float = 0.15   # canonical box around the rest body
     chunk_rays: int = 16384     # rays per batch when rendering without gradients
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    # Samples deeper than this (metres) behind the surface their ray hits first start inverse
+    # skinning from their nearest bone, not from that surface's weights (which, for a ray
+    # grazing an arm into the torso, are the arm's). 0: every sample starts from the surface's.
+    nearest_bone_behind: float = 0.0
 
 
 @dataclasses.dataclass
@@ -40,6 +44,43 @@ class Rendered:
     body_mask: torch.Tensor  # (H, W) bool: hard silhouette of the posed body model
     rays: int                # rays marched (for the speed report)
     depth: torch.Tensor | None = None  # (H, W) expected camera depth (z, metres) of the volume, 0 where alpha is 0
+
+
+def bone_segments(body: BodyModel, betas) -> tuple[torch.Tensor, ...]:
+    """The rest skeleton as segments for `nearest_bone_weights`: each end a rest point and the
+    joint whose transform moves it, and the joint owning the segment (a bone from parent p to
+    child j moves with p; leaves (head, feet, hands) get a short bone of their own, extending
+    the one before them)."""
+    from shared.smpl import PARENTS
+
+    with torch.no_grad():
+        rest = body.rest(torch.as_tensor(np.asarray(betas, np.float32)).reshape(1, -1)
+                         .to(body.smpl.v_template.device))[1][0].cpu()
+    a, a_by, b, b_by, owner = [], [], [], [], []
+    for j, p in enumerate(PARENTS):
+        if p >= 0:
+            a.append(rest[p]), a_by.append(p), b.append(rest[j]), b_by.append(j), owner.append(p)
+        if j not in PARENTS:
+            a.append(rest[j]), a_by.append(j), owner.append(j), b_by.append(j)
+            b.append(rest[j] + 0.5 * (rest[j] - rest[PARENTS[j]]))
+    as_long = lambda v: torch.tensor(v, dtype=torch.long)  # noqa: E731
+    return torch.stack(a), as_long(a_by), torch.stack(b), as_long(b_by), as_long(owner)
+
+
+def nearest_bone_weights(points: torch.Tensor, transforms: torch.Tensor, a_rest, a_by, b_rest, b_by,
+                         owner) -> torch.Tensor:
+    """One-hot skinning weights (N, 24): the owner of the posed bone nearest each point."""
+    dev = points.device
+
+    def posed(rest, by):
+        T = transforms[by.to(dev)]
+        return (T[:, :3, :3] @ rest.to(dev, points.dtype)[..., None])[..., 0] + T[:, :3, 3]
+    a, b = posed(a_rest, a_by), posed(b_rest, b_by)
+    ab = b - a
+    rel = points[:, None, :] - a
+    t = ((rel * ab).sum(-1) / (ab * ab).sum(-1).clamp(min=1e-9)).clamp(0, 1)
+    d = (rel - t[..., None] * ab).pow(2).sum(-1)
+    return torch.nn.functional.one_hot(owner.to(dev)[d.argmin(1)], transforms.shape[0]).to(points.dtype)
 
 
 class Avatar(torch.nn.Module):
@@ -60,6 +101,8 @@ class Avatar(torch.nn.Module):
         self.skin = SkinningVolume(box_min, box_max, rest_v, body.weights.detach().cpu().numpy(),
                                    motion_cfg.weight_voxel)
         self.pose_corrector = PoseCorrector(motion_cfg.pose_hidden) if motion_cfg.pose_correction else None
+        # bones for the nearest-bone first guess (not state: rebuilt from the body and betas)
+        self._bones = bone_segments(body, betas) if render_cfg.nearest_bone_behind > 0 else None
         self.nonrigid = (NonRigidOffsets(box_min, box_max, motion_cfg.nonrigid_hidden)
                          if motion_cfg.nonrigid else None)
 
@@ -171,8 +214,11 @@ class Avatar(torch.nn.Module):
         x_cam = d_cam[:, None, :] * z[..., None]
         x = ((x_cam - t) @ R).reshape(-1, 3)                                   # world points
         # inverse skinning: per-ray first guess, then the learned weights where it lands
-        A_ray = blend(w_ray, transforms)
-        x0 = apply_inverse(A_ray.repeat_interleave(S, 0), x)
+        w0 = w_ray.repeat_interleave(S, 0)
+        if self._bones is not None:
+            behind = ((z - z_surf[:, None]) > cfg.nearest_bone_behind).reshape(-1)
+            w0 = torch.where(behind[:, None], nearest_bone_weights(x.detach(), transforms.detach(), *self._bones), w0)
+        x0 = apply_inverse(blend(w0, transforms), x)
         x_c = apply_inverse(blend(self.skin(x0), transforms), x)
         if self.nonrigid is not None:
             x_c = self.nonrigid(x_c, pose)

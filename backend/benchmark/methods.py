@@ -86,6 +86,10 @@ METHODS = (
     # the issue-14 sweep; run when named
     Method("before_issue14", "Before issue 14", "grey stage A, no inside edge, no opacity term",
            default=False, change=lambda c: _photo_colour(_losses(c, holes=0.0, opacity=0.0), False)),
+    Method("nearest_bone", "+ nearest-bone skinning behind the surface",
+           "samples over 2 cm behind their ray's first surface start inverse skinning from their nearest bone, "
+           "not from that surface's weights (issue 14: skinning along a ray)", default=False,
+           change=lambda c: dataclasses.replace(c, render=dataclasses.replace(c.render, nearest_bone_behind=0.02))),
     Method("sweep_photo_colour", "+ photo colours", "stage A from the photo's colours", default=False,
            change=lambda c: _photo_colour(_losses(c, holes=0.0, opacity=0.0), True)),
     Method("sweep_photo_holes", "+ photo colours + inside edge", "and ELICIT's inside edge (0.1)", default=False,
