@@ -99,7 +99,7 @@ def photo_view_colours(avatar: Avatar, points: torch.Tensor, normals: torch.Tens
     point, and how much to trust it (0 where unseen or grazing, 1 where it faces the camera)."""
     camera, pose, transl = view
     camera = camera.scaled(min(1.0, cfg.photo_side / max(camera.width, camera.height)))
-    rgba, depth = avatar.render_layers(camera, pose, transl)
+    rgba, depth = (a.float().cpu() for a in avatar.render_layers(camera, pose, transl))
     _, transforms, _ = avatar.posed(pose, transl)
     K, R, t = (torch.as_tensor(a, dtype=torch.float32) for a in (camera.K, camera.R, camera.t))
     centre = torch.as_tensor(camera.center, dtype=torch.float32)
@@ -116,10 +116,10 @@ def photo_view_colours(avatar: Avatar, points: torch.Tensor, normals: torch.Tens
         col, row = u.long(), v.long()
         inside = (cam[:, 2] > 0) & (col >= 0) & (row >= 0) & (col < camera.width) & (row < camera.height)
         col, row = col.clamp(0, camera.width - 1), row.clamp(0, camera.height - 1)
-        seen = inside & (rgba[row, col, 3].cpu() > 0.5) & ((depth[row, col].cpu() - z).abs() < cfg.visible_tolerance)
+        seen = inside & (rgba[row, col, 3] > 0.5) & ((depth[row, col] - z).abs() < cfg.visible_tolerance)
         lo, hi = cfg.facing
         trust.append(seen * ((facing - lo) / (hi - lo)).clamp(0, 1))
-        colours.append(_bilinear(rgba[..., :3].cpu(), u, v))
+        colours.append(_bilinear(rgba[..., :3], u, v))
     return torch.cat(colours), torch.cat(trust)
 
 
