@@ -354,3 +354,27 @@ def test_nearest_bone_first_guess_follows_the_posed_skeleton(open_body):
     w = nearest_bone_weights(torch.stack([forearm, upper_arm, chest]), T, *segments)
     assert w.sum(1).eq(1).all()
     assert w.argmax(1).tolist() == [JOINT_INDEX["left_elbow"], JOINT_INDEX["left_shoulder"], JOINT_INDEX["spine2"]]
+
+
+def test_closed_form_inverse_skinning_matches_a_linear_solve():
+    """apply_inverse (Cramer's rule) solves blended skinning transforms as an LU solve does,
+    gradients included, and stays finite for a degenerate blend."""
+    from backend.avatar.skinning import apply_inverse
+
+    g = torch.Generator().manual_seed(0)
+    q = torch.nn.functional.normalize(torch.randn(2, 500, 4, generator=g, dtype=torch.float64), dim=-1)
+    w, x, y, z = q.unbind(-1)
+    rot = torch.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w),
+                       2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w),
+                       2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], -1).reshape(2, 500, 3, 3)
+    A = (0.7 * rot[0] + 0.3 * rot[1]).requires_grad_(True)   # blends of two rotations, as skinning makes
+    b = torch.randn(500, 3, generator=g, dtype=torch.float64)
+    pts = torch.randn(500, 3, generator=g, dtype=torch.float64)
+    ours = apply_inverse(torch.cat([A, b[..., None]], -1), pts)
+    ref = torch.linalg.solve(A, (pts - b)[..., None])[..., 0]
+    torch.testing.assert_close(ours, ref, rtol=1e-9, atol=1e-9)
+    g_ours, = torch.autograd.grad(ours.sum(), A)
+    g_ref, = torch.autograd.grad(ref.sum(), A)
+    torch.testing.assert_close(g_ours, g_ref, rtol=1e-7, atol=1e-7)
+    flat = torch.zeros(1, 3, 4)   # a blend of opposite rotations can collapse to nothing
+    assert torch.isfinite(apply_inverse(flat, torch.ones(1, 3))).all()

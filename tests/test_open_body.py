@@ -117,3 +117,14 @@ def test_the_add_ons_default_skeleton_is_the_open_body(open_body):
     v, j = open_body.rest()
     assert np.abs(np.array(OPEN_BODY_REST_JOINTS) - j[0].numpy()).max() < 1e-4
     assert abs(OPEN_BODY_SOLE_Y - float(v[0, :, 1].min())) < 1e-4
+
+
+def test_kinematic_chain_stays_on_the_host_when_the_body_moves():
+    """smplx indexes its chain with parents[i] in a Python loop: the chain must stay a CPU
+    tensor when the body moves to a device (else every step is a host sync on a GPU)."""
+    from backend.body.model import load_body_model
+
+    body = load_body_model("open_body").to(torch.float64)
+    assert body.smpl.parents.device.type == "cpu" and body.parents.tolist() == list(PARENTS)
+    out = body(torch.zeros(1, 72, dtype=torch.float64))
+    assert out.transforms.shape == (1, 24, 4, 4)

@@ -274,3 +274,28 @@ def test_blender_camera_conversion_matches_world_to_camera_view(open_body):
         # Blender: x right in [0, 1], y UP in [0, 1]
         assert ndc.x * cam.width == pytest.approx(u, abs=1e-3)
         assert (1.0 - ndc.y) * cam.height == pytest.approx(v, abs=1e-3)
+
+
+def test_march_pixels_match_scipys_distance_transform():
+    """The renderer's on-device ray selection picks exactly the pixels within the radius that
+    scipy's Euclidean distance transform does, each paired with a covered pixel at that
+    distance (ties may pick a different pixel of equal distance)."""
+    from scipy import ndimage
+
+    from backend.render.silhouette import near_silhouette
+
+    rng = np.random.default_rng(0)
+    for trial in range(40):
+        H, W = (int(v) for v in rng.integers(5, 90, 2))
+        cov = ndimage.binary_dilation(rng.random((H, W)) < rng.uniform(0.001, 0.05),
+                                      iterations=int(rng.integers(0, 4)))
+        radius = int(rng.integers(0, 12))
+        ray, src = (v.numpy() for v in near_silhouette(torch.from_numpy(cov), radius))
+        if not cov.any():
+            assert ray.size == 0 and src.size == 0
+            continue
+        dist = ndimage.distance_transform_edt(~cov)
+        assert np.array_equal(np.sort(ray), np.flatnonzero(dist <= radius)), trial
+        (sy, sx), (ry, rx) = np.divmod(src, W), np.divmod(ray, W)
+        assert cov[sy, sx].all()
+        np.testing.assert_allclose(np.hypot(sy - ry, sx - rx), dist.ravel()[ray], atol=1e-6)

@@ -12,13 +12,13 @@ import math
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 from backend.avatar.field import FieldConfig, make_field
 from backend.avatar.skinning import (MotionConfig, NonRigidOffsets, PoseCorrector, SkinningVolume,
                                      apply_inverse, blend)
 from backend.body.model import BodyModel
 from backend.render.raster import camera_tensors, rasterize
+from backend.render.silhouette import near_silhouette
 from shared.camera import PinholeCamera
 
 
@@ -148,9 +148,9 @@ class Avatar(torch.nn.Module):
         covered = face_index >= 0
         rgb = bg.expand(H, W, 3).clone()
         alpha = torch.zeros(H, W, device=dev)
-        if not covered.any():
-            return Rendered(rgb, alpha, covered, 0, torch.zeros(H, W, device=dev))
         ray_pix, src_pix = self._rays(camera, covered, depth)
+        if ray_pix.numel() == 0:
+            return Rendered(rgb, alpha, covered, 0, torch.zeros(H, W, device=dev))
         faces = self.body.faces[face_index.reshape(-1)[src_pix]]
         w_ray = (bary.reshape(-1, 3)[src_pix, :, None] * self.body.weights[faces]).sum(1)
         z_surf = depth.reshape(-1)[src_pix]
@@ -185,15 +185,20 @@ class Avatar(torch.nn.Module):
 
     def _rays(self, camera: PinholeCamera, covered: torch.Tensor, depth: torch.Tensor):
         """Flat indices of the pixels to march (the body silhouette grown by `margin` metres)
-        and, for each, the covered pixel whose surface depth and weights it borrows."""
-        cov = covered.cpu().numpy()
-        z_med = float(depth[covered].median())
-        grow = math.ceil(self.render_cfg.margin * float(camera.K[0, 0]) / max(z_med, 1e-3))
-        dist, (iy, ix) = ndimage.distance_transform_edt(~cov, return_indices=True)
-        march = dist <= grow
-        src = (iy * cov.shape[1] + ix)[march]
-        ray = np.flatnonzero(march)
-        return (torch.from_numpy(ray).to(covered.device), torch.from_numpy(src).to(covered.device))
+        and, for each, the covered pixel whose surface depth and weights it borrows. Stays on
+        the device: one read-back (the silhouette's box and median depth, which size the
+        search) before the pixels themselves are counted."""
+        rows, cols = covered.any(1), covered.any(0)
+        H, W = covered.shape
+        z_med = torch.where(covered, depth, torch.full_like(depth, float("nan"))).nanmedian()
+        stats = torch.stack([rows.sum(), rows.int().argmax(), H - rows.flip(0).int().argmax(),
+                             cols.int().argmax(), W - cols.flip(0).int().argmax()]).double()
+        n_rows, y0, y1, x0, x1, z = torch.cat([stats, z_med.double()[None]]).tolist()
+        if n_rows == 0:
+            empty = torch.zeros(0, dtype=torch.long, device=covered.device)
+            return empty, empty
+        grow = math.ceil(self.render_cfg.margin * float(camera.K[0, 0]) / max(z, 1e-3))
+        return near_silhouette(covered, grow, (int(y0), int(y1), int(x0), int(x1)))
 
     def _march(self, camera, K, R, t, ray_pix, z_surf, w_ray, transforms, pose, bg, jitter, generator):
         cfg = self.render_cfg
@@ -202,7 +207,7 @@ class Avatar(torch.nn.Module):
         n, S = ray_pix.numel(), cfg.samples
         u = (ray_pix % W).float() + 0.5
         v = torch.div(ray_pix, W, rounding_mode="floor").float() + 0.5
-        d_cam = torch.linalg.solve(K, torch.stack([u, v, torch.ones_like(u)], 0)).t()  # (n, 3), z = 1
+        d_cam = torch.stack([u, v, torch.ones_like(u)], 1) @ torch.linalg.inv_ex(K)[0].t()  # (n, 3), z = 1
         steps = torch.linspace(-cfg.band_front, cfg.band_back, S + 1, device=dev)
         lo, width = steps[:-1], (cfg.band_front + cfg.band_back) / S
         if jitter:

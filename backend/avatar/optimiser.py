@@ -122,9 +122,8 @@ class StageB:
         shift = (self.rng.uniform(-0.5, 0.5, 2) * (box[2] - box[0]) / size)
         box = (box[0] + shift[0], box[1] + shift[1], box[2] + shift[0], box[3] + shift[1])
         out = self._render_crop(t.camera, box, size, jitter=True)
-        box_t = torch.tensor([box], dtype=torch.float32, device=self.bg.device)
-        photo = crop_resize(t.image, box_t, size, fill=self.bg)
-        mask = crop_resize(t.mask, box_t, size, fill=0.0)
+        photo = crop_resize(t.image, [box], size, fill=self.bg)   # (boxes as numbers: no device read)
+        mask = crop_resize(t.mask, [box], size, fill=0.0)
         pred = self._chw(out.rgb)
         terms = {"mse": L.mse(pred, photo), "input_alpha": L.mse(out.alpha[None, None], mask)}
         if self.lpips:
@@ -170,8 +169,7 @@ class StageB:
                 with torch.no_grad():
                     tgt = self._chw(self._render_crop(tcam, box_of(self._part_boxes(tcam)), size, False).rgb)
             else:
-                box_t = torch.tensor([box_of(self.input_boxes)], dtype=torch.float32, device=self.bg.device)
-                tgt = crop_resize(t.image, box_t, size, fill=self.bg)
+                tgt = crop_resize(t.image, [box_of(self.input_boxes)], size, fill=self.bg)
             terms["clip_image"] = self.clip.image_loss(pred, tgt)
             if self.prompt:
                 terms["clip_text"] = self.clip.text_loss(pred, [self.prompt])
@@ -192,8 +190,10 @@ class StageB:
         total.backward()
         state.optimiser.step()
         state.iteration += 1
-        record = {"iteration": state.iteration, "view": kind, "total": float(total.detach())}
-        record.update({k: float(v.detach()) for k, v in losses.items()})
+        # the log's numbers in one read-back (each separate read would make the host wait for a GPU)
+        values = torch.stack([v.detach().float().reshape(()) for v in (total, *losses.values())]).tolist()
+        record = {"iteration": state.iteration, "view": kind, "total": values[0]}
+        record.update(zip(losses, values[1:]))
         record.update({k[1:]: v for k, v in terms.items() if k.startswith("_")})
         return record
 

@@ -139,6 +139,8 @@ def crop_resize(images: torch.Tensor, boxes: torch.Tensor, size: int = 224,
     smoothly across the image border. antialias: when shrinking, average s x s samples per
     output pixel (s = ceil(crop side / size), at most 4), as roi_align does; an integer
     shrink then equals area averaging."""
+    # boxes given as numbers size the supersampling without reading a device tensor back
+    host_boxes = None if torch.is_tensor(boxes) else np.asarray(boxes, np.float64).reshape(-1, 4)
     boxes = torch.as_tensor(boxes, dtype=images.dtype, device=images.device)
     if images.ndim != 4 or boxes.shape != (images.shape[0], 4):
         raise ValueError(f"crop_resize takes images (B, C, H, W) and boxes (B, 4), got "
@@ -146,8 +148,9 @@ def crop_resize(images: torch.Tensor, boxes: torch.Tensor, size: int = 224,
     B, C, H, W = images.shape
     s = 1
     if antialias:
-        side = torch.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]).max()
-        s = int(min(MAX_SUPERSAMPLE, max(1, math.ceil(float(side) / size - 1e-6))))
+        b = host_boxes if host_boxes is not None else boxes.detach().double().cpu().numpy()
+        side = float(np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]).max())
+        s = int(min(MAX_SUPERSAMPLE, max(1, math.ceil(side / size - 1e-6))))
     n = size * s
     k = (torch.arange(n, dtype=images.dtype, device=images.device) + 0.5) / n  # (n,) in (0, 1)
     xs = boxes[:, 0:1] + k[None] * (boxes[:, 2:3] - boxes[:, 0:1])           # (B, n) pixels

@@ -49,6 +49,13 @@ class BodyModel(torch.nn.Module):
                 create_betas=False, create_global_orient=False, create_body_pose=False,
                 create_transl=False, vertex_ids=vertex_ids or _default_vertex_ids(arrays),
                 use_hands=False, use_feet_keypoints=False)
+        # smplx walks the kinematic chain in Python, indexing with parents[i]: on the host that
+        # is an int lookup, while a parents buffer moved to a GPU with the module would make
+        # every step wait for the device (23 host syncs per body evaluation). So it stays a
+        # plain CPU attribute that .to() leaves alone.
+        parents = self.smpl.parents.cpu()
+        del self.smpl._buffers["parents"]
+        self.smpl.parents = parents
         self.name = name
         self.identity = identity  # content hash: which exact body an avatar was made with
         self.num_betas = self.smpl.num_betas
