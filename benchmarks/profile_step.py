@@ -3,8 +3,8 @@
     bash scripts/env.sh python benchmarks/profile_step.py --device cuda --preset full
 
 Prints, for N stage-B iterations and for 512² renders, the wall time, the summed GPU kernel
-time (how busy the GPU was), the number of kernel launches, of aten operator calls (nested
-calls included) and of host read-backs (each makes the host wait for a GPU) with where they
+time (how busy the GPU was), the number of kernel launches, of compute operators (aten
+operators that do work themselves: at least one kernel each on a GPU) and of host read-backs (each makes the host wait for a GPU) with where they
 are, and the top operators by device time and by CPU time. Operators and read-backs are
 counted on a CPU too: they are what a GPU run would launch and wait for. For finding bottlenecks, not for reporting speed (benchmarks/speed.py).
 """
@@ -60,18 +60,32 @@ class ReadBacks(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
+# operators that only make a new view of memory (no kernel on any device)
+VIEWS = {"aten::" + n for n in ("view", "as_strided", "reshape", "_reshape_alias", "expand", "slice", "select",
+                                "unsqueeze", "squeeze", "permute", "transpose", "t", "resolve_conj", "resolve_neg",
+                                "_unsafe_view", "detach", "alias", "unbind", "split", "narrow", "chunk",
+                                "lift_fresh", "view_as", "expand_as", "numpy_T", "unfold", "split_with_sizes",
+                                "empty", "empty_strided", "result_type", "is_nonzero", "item", "_local_scalar_dense")}
+
+
+def compute_operators(prof) -> int:
+    """aten operators that do work themselves (no aten operator under them, not a view): on a
+    GPU each is at least one kernel launch, so this counts launches on a CPU too."""
+    return sum(1 for e in prof.events() if e.name.startswith("aten::") and e.name not in VIEWS
+               and not any(c.name.startswith("aten::") for c in e.cpu_children))
+
+
 def report(name: str, prof, wall: float, dev, rows: int, reads: ReadBacks, per: int) -> None:
     events = prof.key_averages()
     device_key = "self_device_time_total" if hasattr(events[0], "self_device_time_total") else "self_cuda_time_total"
     # kernels only: operator rows repeat their kernels' time
     kernel_us = sum(getattr(e, device_key) for e in events if str(e.device_type).endswith("CUDA"))
     launches = sum(e.count for e in events if e.key.startswith(("cudaLaunchKernel", "cuLaunchKernel")))
-    # aten calls (nested ones included): each launches at least one kernel on a GPU
-    operators = sum(e.count for e in events if e.key.startswith("aten::"))
+    operators = compute_operators(prof)
     print(f"\n## {name}: wall {wall * 1000:.1f} ms, GPU kernels {kernel_us / 1000:.1f} ms "
           f"({100 * kernel_us / 1000 / max(wall * 1000, 1e-9):.0f}% busy), kernel launches {launches}, "
-          f"aten operator calls {operators}; per unit: {launches / per:.0f} launches, "
-          f"{operators / per:.0f} aten calls, {reads.count / per:.1f} host read-backs")
+          f"compute operators {operators}; per unit: {launches / per:.0f} launches, "
+          f"{operators / per:.0f} compute operators, {reads.count / per:.1f} host read-backs")
     for site, n in reads.sites.most_common():
         print(f"   read-back {n / per:g} x {site}")
     if dev.type == "cuda":

@@ -67,8 +67,11 @@ def _peak_mb(dev) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def bench(body, inputs, truth, preset_name: str, field_kind: str, dev, iterations: int, sizes, clip=None) -> dict:
+def bench(body, inputs, truth, preset_name: str, field_kind: str, dev, iterations: int, sizes, clip=None,
+          chunk_rays: int | None = None) -> dict:
     cfg = preset(preset_name)
+    if chunk_rays:
+        cfg = dataclasses.replace(cfg, render=dataclasses.replace(cfg.render, chunk_rays=chunk_rays))
     if field_kind != cfg.field.kind:
         cfg = dataclasses.replace(cfg, field=dataclasses.replace(cfg.field, kind=field_kind)
                                   if field_kind == "triplane" else FieldConfig(kind="mlp"))
@@ -92,7 +95,8 @@ def bench(body, inputs, truth, preset_name: str, field_kind: str, dev, iteration
         kinds.append(stage.step(state)["view"])
         sync(dev)
     per_it = (time.perf_counter() - t) / iterations
-    row = {"preset": preset_name, "field": field_kind, "device": str(dev), "stage_a_s": stage_a,
+    row = {"preset": preset_name, "field": field_kind, "device": str(dev), "chunk_rays": cfg.render.chunk_rays,
+           "stage_a_s": stage_a,
            "stage_a_iou": stage_a_iou,
            "s_per_iteration": per_it, "iterations": cfg.stage_b.iterations,
            "est_fit_s": stage_a + per_it * cfg.stage_b.iterations,
@@ -114,11 +118,11 @@ def bench(body, inputs, truth, preset_name: str, field_kind: str, dev, iteration
 
 def table(rows) -> str:
     sizes = sorted({int(k[4:]) for r in rows for k in r if k.startswith("fps_")})
-    head = ["preset", "field", "device", "stage A (s)", "stage A IoU", "s / iteration", "iterations", "est. fit (s)"] + \
+    head = ["preset", "field", "device", "rays / batch", "stage A (s)", "stage A IoU", "s / iteration", "iterations", "est. fit (s)"] + \
         [f"FPS {s}²" for s in sizes] + ["peak MB"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["preset"], r["field"], r["device"], f"{r['stage_a_s']:.1f}", f"{r['stage_a_iou']:.3f}",
+        cells = [r["preset"], r["field"], r["device"], str(r.get("chunk_rays", "")), f"{r['stage_a_s']:.1f}", f"{r['stage_a_iou']:.3f}",
                  f"{r['s_per_iteration']:.3f}",
                  str(r["iterations"]), f"{r['est_fit_s']:.0f}"] + [f"{r[f'fps_{s}']:.2f}" for s in sizes] + \
             [f"{r['peak_mb']:.0f}"]
@@ -133,6 +137,8 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--iterations", type=int, default=20, help="timed stage-B iterations per row")
     ap.add_argument("--sizes", nargs="+", type=int, default=[256, 512])
+    ap.add_argument("--chunk-rays", type=int, nargs="+", default=[0],
+                    help="rays per rendering batch to compare (0: the preset's)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     dev = resolve_device(args.device)
@@ -144,8 +150,9 @@ def main(argv=None) -> int:
     rows = []
     for p in args.presets:
         for f in args.fields:
-            rows.append(bench(body, inputs, truth, p, f, dev, args.iterations, args.sizes))
-            print(table(rows[-1:]).splitlines()[-1], flush=True)
+            for chunk in args.chunk_rays:
+                rows.append(bench(body, inputs, truth, p, f, dev, args.iterations, args.sizes, chunk_rays=chunk))
+                print(table(rows[-1:]).splitlines()[-1], flush=True)
     print()
     print(table(rows))
     if args.json:
