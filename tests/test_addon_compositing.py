@@ -251,11 +251,14 @@ def test_a_viewport_view_gets_its_frame_with_depth_off_the_ui_thread(session):
     time.sleep(viewport.scheduler.idle_s)
     waited = pump_until(lambda: viewport.scheduler.shown[4242].request.scale == 1.0)
     full = viewport.prepare(bpy.context, region, rv3d)
-    # a viewport through the scene camera sees what F12 gets: the same frame, the same depth
+    # a viewport through the scene camera sees what F12 gets: the same frame, the same depth.
+    # The viewport's camera comes from Blender's projection matrix and F12's from the lens, so
+    # they agree to float32 rounding (K within ~3e-5 px): a pixel may round to the next level.
     view = session["operators"].current_view(bpy.context, avatar_id=AVATAR)
     with ServiceClient(session["server"].address, timeout=60) as c:
         rgba, depth = c.render(AVATAR, view["pose"], view["transl"], view["camera"], depth=True)
-    np.testing.assert_array_equal(full.rgba, rgba)
+    off = np.abs(full.rgba.astype(int) - rgba.astype(int))
+    assert off.max() <= 1 and (off > 0).any(-1).mean() < 1e-3
     np.testing.assert_allclose(full.depth, window_depth(depth, P), atol=1e-6)
     assert (full.depth[rgba[..., 3] == 0] == 1.0).all() and (full.depth[rgba[..., 3] > 0] < 1.0).all()
     print(f"full-size frame {width}x{height} {waited * 1000:.0f} ms after the view rested; "

@@ -207,7 +207,9 @@ class Avatar(torch.nn.Module):
         n, S = ray_pix.numel(), cfg.samples
         u = (ray_pix % W).float() + 0.5
         v = torch.div(ray_pix, W, rounding_mode="floor").float() + 0.5
-        d_cam = torch.stack([u, v, torch.ones_like(u)], 1) @ torch.linalg.inv_ex(K)[0].t()  # (n, 3), z = 1
+        # K^-1 (u, v, 1) by back substitution (K is upper triangular): no solver, no host sync
+        y = (v - K[1, 2]) / K[1, 1]
+        d_cam = torch.stack([(u - K[0, 1] * y - K[0, 2]) / K[0, 0], y, torch.ones_like(u)], 1)  # (n, 3), z = 1
         steps = torch.linspace(-cfg.band_front, cfg.band_back, S + 1, device=dev)
         lo, width = steps[:-1], (cfg.band_front + cfg.band_back) / S
         if jitter:
