@@ -378,3 +378,55 @@ def test_closed_form_inverse_skinning_matches_a_linear_solve():
     torch.testing.assert_close(g_ours, g_ref, rtol=1e-7, atol=1e-7)
     flat = torch.zeros(1, 3, 4)   # a blend of opposite rotations can collapse to nothing
     assert torch.isfinite(apply_inverse(flat, torch.ones(1, 3))).all()
+
+
+def test_a_second_band_sees_the_body_behind_a_faint_surface(body_shaped, open_body):
+    """A ray whose first surface is see-through (here the forward leg, its density removed)
+    reaches the other leg, far beyond its band, only with `behind_samples`: without, the
+    background shows through. Rays with nothing behind their band render the same either way."""
+    from backend.render.raster import rasterize_layers
+
+    avatar, _ = body_shaped
+    rest_j = open_body.rest(torch.as_tensor(avatar.betas))[1][0].detach()
+    hip_y, left_x = float(rest_j[JOINT_INDEX["left_hip"], 1]), float(rest_j[JOINT_INDEX["left_hip"], 0])
+    assert left_x > 0
+
+    class NoLeftLeg(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            density, colour = self.inner(x)
+            leg = (x[:, 0] > 0.3 * left_x) & (x[:, 1] < hip_y - 0.05)
+            return density * ~leg, colour
+
+    pose = np.zeros(72)
+    pose[3 * JOINT_INDEX["left_hip"]] = -0.7     # the left leg steps forward...
+    pose[3 * JOINT_INDEX["right_hip"]] = 0.4     # ...the right one back
+    transl = np.array([0.0, 0.3, 0.0])
+    with torch.no_grad():
+        v = open_body(pose, avatar.betas, transl).vertices[0]
+    centre = ((v.min(0).values + v.max(0).values) / 2).numpy()
+    cam = orbit_camera(centre, 0.0, 30.0, 0.0, 3.0, 300.0, 96, 96)   # from the front-left: legs overlap
+    field, cfg = avatar.field, avatar.render_cfg
+    try:
+        avatar.field = NoLeftLeg(field)
+        with torch.no_grad():
+            avatar.render_cfg = dataclasses.replace(cfg, behind_samples=0)
+            off = avatar.render(cam, pose, transl)
+            avatar.render_cfg = dataclasses.replace(cfg, behind_samples=8)
+            on = avatar.render(cam, pose, transl)
+            K, R, t = camera_tensors(cam)
+            _, (_, d2, _) = rasterize_layers(v[None], open_body.faces, K, R, t, 96, 96,
+                                             behind=cfg.band_back + cfg.behind_front)
+    finally:
+        avatar.field, avatar.render_cfg = field, cfg
+    behind = torch.isfinite(d2[0])
+    hole = behind & (off.alpha < 0.1)            # the faint leg in front of the other one
+    assert hole.sum() >= 20
+    assert on.alpha[hole].mean() > 0.8 and off.alpha[hole].mean() < 0.05
+    assert (on.alpha >= off.alpha - 1e-5).all()
+    same = off.body_mask & ~behind   # (rays beside the body borrow a covered pixel's layers)
+    torch.testing.assert_close(on.rgb[same], off.rgb[same])
+    torch.testing.assert_close(on.alpha[same], off.alpha[same])

@@ -299,3 +299,40 @@ def test_march_pixels_match_scipys_distance_transform():
         (sy, sx), (ry, rx) = np.divmod(src, W), np.divmod(ray, W)
         assert cov[sy, sx].all()
         np.testing.assert_allclose(np.hypot(sy - ry, sx - rx), dist.ravel()[ray], atol=1e-6)
+
+
+def _quad(x0, x1, y0, y1, z, towards_camera=True):
+    """Two triangles of a square at depth z (camera frame, identity pose), wound to face the
+    camera (counter-clockwise seen from it, as body meshes are seen from outside) or away."""
+    v = torch.tensor([[x0, y0, z], [x1, y0, z], [x1, y1, z], [x0, y1, z]], dtype=torch.float32)
+    f = torch.tensor([[0, 2, 1], [0, 3, 2]]) if towards_camera else torch.tensor([[0, 1, 2], [0, 2, 3]])
+    return v, f
+
+
+def test_second_layer_is_the_next_surface_facing_the_camera():
+    """rasterize_layers' second layer: the nearest front face at least `behind` metres behind
+    the first (a wall behind a small card), skipping back faces (the card's own far side) and
+    surfaces closer than `behind`."""
+    from backend.render.raster import rasterize_layers
+
+    parts = [_quad(-0.1, 0.1, -0.1, 0.1, 2.0),                          # a card facing the camera
+             _quad(-0.1, 0.1, -0.1, 0.1, 2.02, towards_camera=False),  # its far side, 2 cm behind
+             _quad(-0.05, 0.05, -0.05, 0.05, 2.05),                    # a front face 5 cm behind
+             _quad(-1.0, 1.0, -1.0, 1.0, 2.5)]                          # the wall, 50 cm behind
+    verts, faces, offset = [], [], 0
+    for v, f in parts:
+        verts.append(v)
+        faces.append(f + offset)
+        offset += len(v)
+    verts, faces = torch.cat(verts)[None], torch.cat(faces)
+    cam = PinholeCamera.from_focal(100.0, 64, 64)
+    K, R, t = camera_tensors(cam)
+    (f1, d1, _), (f2, d2, b2) = rasterize_layers(verts, faces, K, R, t, 64, 64, behind=0.1)
+    assert torch.equal(rasterize(verts, faces, K, R, t, 64, 64)[1], d1)   # (face ids may differ on shared edges)
+    centre, edge, corner = (32, 32), (32, 36), (2, 2)   # card + small face, card only, wall only
+    assert torch.isclose(d1[0][centre], torch.tensor(2.0)) and torch.isclose(d2[0][centre], torch.tensor(2.5))
+    assert f2[0][centre] in (6, 7) and f2[0][edge] in (6, 7)                     # the wall's triangles
+    assert torch.isclose(b2[0][centre].sum(), torch.tensor(1.0))
+    assert torch.isclose(d1[0][corner], torch.tensor(2.5)) and f2[0][corner] == -1 and torch.isinf(d2[0][corner])
+    _, (_, d2_near, _) = rasterize_layers(verts, faces, K, R, t, 64, 64, behind=0.03)
+    assert torch.isclose(d2_near[0][centre], torch.tensor(2.05))             # the small face, 5 cm behind

@@ -114,6 +114,7 @@ SIZE_LIMITS = {
     ("motion", "nonrigid_hidden"): (1, 1024),
     ("render", "samples"): (1, 512), ("render", "chunk_rays"): (1, 1 << 20), ("render", "box_padding"): (0.0, 1.0),
     ("render", "band_front"): (0.0, 1.0), ("render", "band_back"): (0.0, 1.0), ("render", "margin"): (0.0, 1.0),
+    ("render", "behind_samples"): (0, 512), ("render", "behind_front"): (0.0, 1.0),
     ("stage_a", "iterations"): (0, 1_000_000), ("stage_a", "batch"): (1, 1 << 20), ("stage_a", "table"): (1, 10_000_000),
     ("stage_b", "iterations"): (0, 1_000_000), ("stage_b", "input_size"): (8, 2048),
     ("stage_b", "novel_size"): (8, 2048),

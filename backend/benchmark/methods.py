@@ -90,6 +90,10 @@ METHODS = (
            "samples over 2 cm behind their ray's first surface start inverse skinning from their nearest bone, "
            "not from that surface's weights (issue 14: skinning along a ray)", default=False,
            change=lambda c: dataclasses.replace(c, render=dataclasses.replace(c.render, nearest_bone_behind=0.02))),
+    Method("one_band", "w/o the second band behind faint surfaces",
+           "rays are marched in one band around their first body surface only, as before issue 14's second band "
+           "(a faint hand then shows the background through the thigh behind it)", default=False,
+           change=lambda c: dataclasses.replace(c, render=dataclasses.replace(c.render, behind_samples=0))),
     Method("sweep_photo_colour", "+ photo colours", "stage A from the photo's colours", default=False,
            change=lambda c: _photo_colour(_losses(c, holes=0.0, opacity=0.0), True)),
     Method("sweep_photo_holes", "+ photo colours + inside edge", "and ELICIT's inside edge (0.1)", default=False,

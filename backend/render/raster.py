@@ -208,32 +208,68 @@ def soft_silhouette(vertices: torch.Tensor, faces: torch.Tensor, K, R, t, height
     return torch.sigmoid(signed / sigma).reshape(B, height, width)
 
 
+def _fragments(vertices, faces, K, R, t, height: int, width: int):
+    """Every (pixel, triangle) fragment: flat pixel key, camera depth, face id, perspective-
+    correct barycentrics, and whether the triangle faces the camera (lists, one entry per
+    chunk of pairs)."""
+    tri, depth, area, batch, face, ok = _triangles(vertices, faces, K, R, t)
+    hits = []
+    for tid, px, py, lam in _covered_pairs(tri, area, ok, height, width):
+        w = lam / depth[tid]          # 1/z is linear in screen space
+        inv = w.sum(-1)
+        key = (batch[tid] * height + py) * width + px
+        # body meshes wind counter-clockwise seen from outside, which is clockwise on our
+        # y-down image: a front face has negative screen area
+        hits.append((key, 1.0 / inv, face[tid], w / inv[:, None], area[tid] < 0))
+    return hits
+
+
+def _resolve(hits, n: int, dev, dt, eligible=None):
+    """The nearest fragment per pixel among `eligible` ones (a function of a hit, or all):
+    face_index (n,) (-1: none), depth (n,) (inf: none), barycentrics (n, 3)."""
+    zbuf = torch.full((n,), math.inf, device=dev, dtype=dt)
+    keep = []
+    for hit in hits:
+        use = None if eligible is None else eligible(hit)
+        key, z = (hit[0], hit[1]) if use is None else (hit[0][use], hit[1][use])
+        zbuf.scatter_reduce_(0, key, z, reduce="amin")
+        keep.append(use)
+    face_index = torch.full((n,), -1, device=dev, dtype=torch.long)
+    bary_img = torch.zeros(n, 3, device=dev, dtype=dt)
+    for (key, z, fid, bary, _), use in zip(hits, keep):
+        if use is not None:
+            key, z, fid, bary = key[use], z[use], fid[use], bary[use]
+        win = z <= zbuf[key]
+        face_index[key[win]] = fid[win]
+        bary_img[key[win]] = bary[win]
+    return face_index, zbuf, bary_img
+
+
 def rasterize(vertices: torch.Tensor, faces: torch.Tensor, K, R, t, height: int, width: int):
     """Hard, z-buffered rasterisation (not differentiable). Returns face_index (B, H, W) long
     (-1 = background), depth (B, H, W) (inf on background) and perspective-correct
     barycentrics (B, H, W, 3) of the visible triangle at each pixel centre."""
+    return rasterize_layers(vertices, faces, K, R, t, height, width)[0]
+
+
+def rasterize_layers(vertices: torch.Tensor, faces: torch.Tensor, K, R, t, height: int, width: int,
+                     behind: float | None = None):
+    """rasterize's (face_index, depth, barycentrics), and with `behind` (metres) the same for a
+    second layer: the nearest surface facing the camera at least `behind` behind the first
+    (the torso behind an arm; a limb's own back faces do not count); else None."""
     with torch.no_grad():
-        tri, depth, area, batch, face, ok = _triangles(vertices, faces, K, R, t)
         B = vertices.shape[0]
         n = B * height * width
         dev, dt = vertices.device, vertices.dtype
-        zbuf = torch.full((n,), math.inf, device=dev, dtype=dt)
-        hits = []
-        for tid, px, py, lam in _covered_pairs(tri, area, ok, height, width):
-            w = lam / depth[tid]          # 1/z is linear in screen space
-            inv = w.sum(-1)
-            z = 1.0 / inv
-            key = (batch[tid] * height + py) * width + px
-            zbuf.scatter_reduce_(0, key, z, reduce="amin")
-            hits.append((key, z, face[tid], w / inv[:, None]))
-        face_index = torch.full((n,), -1, device=dev, dtype=torch.long)
-        bary_img = torch.zeros(n, 3, device=dev, dtype=dt)
-        for key, z, fid, bary in hits:
-            win = z <= zbuf[key]
-            face_index[key[win]] = fid[win]
-            bary_img[key[win]] = bary[win]
-        return (face_index.reshape(B, height, width), zbuf.reshape(B, height, width),
-                bary_img.reshape(B, height, width, 3))
+        hits = _fragments(vertices, faces, K, R, t, height, width)
+        first = _resolve(hits, n, dev, dt)
+        second = None
+        if behind is not None:
+            z1 = first[1]
+            second = _resolve(hits, n, dev, dt, lambda h: h[4] & (h[1] >= z1[h[0]] + behind))
+        shape = lambda layer: (layer[0].reshape(B, height, width), layer[1].reshape(B, height, width),  # noqa: E731
+                               layer[2].reshape(B, height, width, 3))
+        return shape(first), (shape(second) if second is not None else None)
 
 
 def hard_silhouette(vertices, faces, K, R, t, height: int, width: int) -> torch.Tensor:
