@@ -8,7 +8,7 @@ its child (an Armature modifier, one vertex group per joint, UVs, an image-textu
 its axis change is the add-on's (`blender_camera.TO_BLENDER`), so the imported skeleton's rest
 bone heads are C @ the file's rest joints in its armature space.
 
-- With our own rig whose rest pose is the file's skeleton (`proxy.unsupported_reason` is None,
+- With our own rig whose rest pose is the file's skeleton (`proxy.rest_pose_mismatch` is None,
   the shadow proxy's test), the mesh is bound to that rig instead, exactly as the shadow proxy
   is: its rest vertices go into the rig's armature space (the imported skeleton's armature space
   is the rig's, both rest bone heads on the same joints, so the mesh sits on the rig's bones
@@ -154,14 +154,7 @@ def _bind_reason(armature, file_joints: np.ndarray, rest_joints) -> str | None:
         apart = float(np.abs(np.asarray(rest_joints, dtype=np.float64).reshape(NUM_JOINTS, 3) - file_joints).max())
         if apart > proxy.REST_TOLERANCE:
             return f"the file's skeleton is not the loaded avatar's: joints up to {apart * 100:.1f} cm apart"
-    reason = proxy.unsupported_reason(armature, file_joints)
-    if reason is None:
-        return None
-    # proxy's wording speaks of the shadow proxy; the reason itself holds here as well
-    for prefix in ("no shadow proxy: ", "no shadow proxy "):
-        if reason.startswith(prefix):
-            reason = reason[len(prefix):]
-    return reason.replace("this avatar's body", "this file's avatar")
+    return proxy.rest_pose_mismatch(armature, file_joints, body="this file's avatar")
 
 
 def _bind(context, mesh_obj, imported_armature, armature) -> None:

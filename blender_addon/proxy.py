@@ -41,22 +41,32 @@ REST_TOLERANCE = 1e-3
 RIG_KIND_NAMES = {"smplx": "SMPL-X add-on", "fbx": "SMPL FBX", "mixamo": "Mixamo"}
 
 
-def unsupported_reason(armature, rest_joints) -> str | None:
-    """Why `armature` gets no shadow proxy for a body with these rest joints (24x3, SMPL frame),
-    or None when it does: our own rig, its rest bone heads on the body's rest joints."""
+def rest_pose_mismatch(armature, rest_joints, body: str = "this avatar's body") -> str | None:
+    """Why `armature` cannot carry a mesh made for a body with these rest joints (24x3, SMPL
+    frame), or None when it can: our own rig, its rest bone heads on the body's rest joints.
+    Worded for any such mesh (the shadow proxy, an imported bake); `body` names the body."""
     try:
         kind = rig.rig_kind(armature)
     except rig.RigError as exc:
         return str(exc)
     if kind != "smpl":
-        return f"no shadow proxy for this rig kind ({RIG_KIND_NAMES.get(kind, kind)} rig: another rest pose)"
+        return f"this rig kind ({RIG_KIND_NAMES.get(kind, kind)} rig: another rest pose)"
     heads = np.array([armature.data.bones[n].head_local for n in rig.bone_names(armature)], dtype=np.float64)
     expected = np.asarray(rest_joints, dtype=np.float64).reshape(NUM_JOINTS, 3) @ C.T
     apart = float(np.abs(heads - expected).max())
     if apart > REST_TOLERANCE:
-        return (f"no shadow proxy: the rest pose of '{armature.name}' is not this avatar's body "
+        return (f"the rest pose of '{armature.name}' is not {body} "
                 f"(joints up to {apart * 100:.1f} cm apart); add a new rig for it")
     return None
+
+
+def unsupported_reason(armature, rest_joints) -> str | None:
+    """Why `armature` gets no shadow proxy for a body with these rest joints, or None when it
+    does (rest_pose_mismatch, said of the proxy)."""
+    reason = rest_pose_mismatch(armature, rest_joints)
+    if reason is None:
+        return None
+    return f"no shadow proxy for {reason}" if reason.startswith("this rig kind") else f"no shadow proxy: {reason}"
 
 
 def find_proxy(armature):

@@ -32,9 +32,11 @@ class ExportedMeshRenderer:
         start = time.perf_counter()
         with torch.no_grad():
             self.mesh, seconds = bake(avatar, cfg, photo_view=photo_view)
+        self.texture_png = png_bytes(self.mesh.texture)   # encoded once: for the size and for Cycles
         self.stats = {"bake_seconds": round(time.perf_counter() - start, 1), "steps": seconds,
                       "triangles": int(len(self.mesh.faces)), "vertices": int(len(self.mesh.vertices)),
-                      "texture": int(self.mesh.texture.shape[0]), "glb_bytes": len(to_glb(self.mesh))}
+                      "texture": int(self.mesh.texture.shape[0]),
+                      "glb_bytes": len(to_glb(self.mesh, texture_png=self.texture_png))}
         self.images: list[np.ndarray] = []
 
     def prepare(self, setups: list, transl) -> None:
@@ -49,7 +51,7 @@ class ExportedMeshRenderer:
         cams = [cam for _, cam, _ in setups]
         with tempfile.TemporaryDirectory(prefix="exported-mesh-") as tmp:
             tmp = Path(tmp)
-            (tmp / "texture.png").write_bytes(png_bytes(m.texture))
+            (tmp / "texture.png").write_bytes(self.texture_png)
             meta = {"kind": "textured", "views": [f"v{i:03d}" for i in range(len(setups))],
                     "width": cams[0].width, "height": cams[0].height, "samples": self.samples,
                     "texture": str(tmp / "texture.png")}

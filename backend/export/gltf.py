@@ -64,8 +64,8 @@ def png_bytes(image: np.ndarray) -> bytes:
     return out.getvalue()
 
 
-def to_glb(mesh: BakedMesh, name: str = "avatar") -> bytes:
-    """The whole .glb file as bytes."""
+def to_glb(mesh: BakedMesh, name: str = "avatar", texture_png: bytes | None = None) -> bytes:
+    """The whole .glb file as bytes. texture_png: the texture already encoded (png_bytes)."""
     gltf = g.GLTF2(asset=g.Asset(version="2.0", generator=GENERATOR, extras=mesh.extras or None))
     buf = _Buffer(gltf)
     attrs = g.Attributes(
@@ -76,7 +76,7 @@ def to_glb(mesh: BakedMesh, name: str = "avatar") -> bytes:
         WEIGHTS_0=buf.accessor(mesh.weights.astype(np.float32), g.VEC4, g.FLOAT, g.ARRAY_BUFFER))
     indices = buf.accessor(mesh.faces.astype(np.uint32).reshape(-1), g.SCALAR, g.UNSIGNED_INT,
                            g.ELEMENT_ARRAY_BUFFER)
-    image_view = buf.view(png_bytes(mesh.texture))
+    image_view = buf.view(texture_png if texture_png is not None else png_bytes(mesh.texture))
     gltf.images.append(g.Image(bufferView=image_view, mimeType="image/png", name=f"{name}_colour"))
     gltf.samplers.append(g.Sampler(magFilter=g.LINEAR, minFilter=g.LINEAR_MIPMAP_LINEAR,
                                    wrapS=g.CLAMP_TO_EDGE, wrapT=g.CLAMP_TO_EDGE))
