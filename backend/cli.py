@@ -30,7 +30,7 @@ DEFAULT_CACHE = Path(os.environ.get("AVATAR_CACHE_DIR", Path.home() / ".cache" /
 
 
 def _cmd_fit_body(args) -> int:
-    from backend.body_fit_job import run_body_fit
+    from backend.jobs.body_fit import run_body_fit
 
     run_body_fit(photo=args.photo, mask=args.mask, params=args.params, elicit_dir=args.elicit,
                  body_spec=args.body, preset=args.preset, out_dir=args.out)
@@ -41,13 +41,13 @@ def clip_spec_from_args(args):
     """None when the semantic prior is switched off, else the ClipSpec to load."""
     if args.no_clip:
         return None
-    from backend.avatar.clip_prior import ClipSpec
+    from backend.avatar.pretrained import ClipSpec
 
     return ClipSpec(model=args.clip_model, pretrained=args.clip_pretrained)
 
 
 def _cmd_fit(args) -> int:
-    from backend.avatar_fit_job import run_avatar_fit
+    from backend.jobs.avatar_fit import run_avatar_fit
     from backend.progress import ProgressPrinter
 
     progress = ProgressPrinter()
@@ -66,8 +66,8 @@ def _cmd_fit(args) -> int:
 
 
 def _cmd_render(args) -> int:
-    from backend.avatar_fit_job import resolve_device
-    from backend.avatar_render_job import render_avatar
+    from backend.jobs.avatar_fit import resolve_device
+    from backend.jobs.avatar_render import render_avatar
 
     files = render_avatar(args.avatar, args.out, turntable=args.turntable, poses=args.poses, cameras=args.cameras,
                           scale=args.scale, device=resolve_device(args.device), fps=args.fps,
@@ -77,8 +77,8 @@ def _cmd_render(args) -> int:
 
 
 def _cmd_export(args) -> int:
-    from backend.avatar_fit_job import resolve_device
-    from backend.avatar_export_job import ExportConfig, run_export
+    from backend.jobs.avatar_export import ExportConfig, run_export
+    from backend.jobs.avatar_fit import resolve_device
     from backend.progress import ProgressPrinter
 
     cfg = ExportConfig.preset(args.preset, triangles=args.triangles, texture=args.texture)
@@ -99,9 +99,9 @@ def _cmd_export(args) -> int:
 def _cmd_serve(args) -> int:
     import logging
 
+    from backend.service.limits import WorkerLimits
     from backend.service.server import CurveKeys, Server, ServerConfig
     from backend.service.store import StoreInUse
-    from backend.service.limits import WorkerLimits
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     curve = None
@@ -202,7 +202,7 @@ def _client_action(c, args) -> int:
         if not (args.avatar and args.poses and args.cameras):
             raise AvatarError("client render needs --avatar ID, --poses FILE and --cameras FILE")
 
-        from backend.avatar_render_job import load_camera_path, load_pose_sequence
+        from backend.jobs.avatar_render import load_camera_path, load_pose_sequence
 
         poses, transl = load_pose_sequence(args.poses)
         cams = load_camera_path(args.cameras)
@@ -216,8 +216,8 @@ def _client_action(c, args) -> int:
 
 
 def _cmd_sample(args) -> int:
-    from backend.body.model import load_body_model
-    from backend.sample_subject import write_sample_subject
+    from backend.body.body_model import load_body_model
+    from backend.jobs.sample_subject import write_sample_subject
 
     folder = write_sample_subject(load_body_model("open_body"), args.out, seed=args.seed)
     print(f"wrote the sample subject to {folder}")
@@ -225,9 +225,9 @@ def _cmd_sample(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    from backend.body.model import load_body_model
-    from backend.demo_job import format_table, run_demo
-    from backend.sample_subject import write_sample_subject
+    from backend.body.body_model import load_body_model
+    from backend.jobs.demo import format_table, run_demo
+    from backend.jobs.sample_subject import write_sample_subject
 
     body = load_body_model("open_body")
     sample = DEFAULT_CACHE / "samples" / f"default-v2-{body.identity}"   # v2: the photo carries EXIF
@@ -251,7 +251,7 @@ def _cmd_demo(args) -> int:
 
 
 def _cmd_benchmark(args) -> int:
-    from backend.benchmark.run import run_benchmark
+    from backend.quality.run import run_benchmark
 
     clip_spec = None if args.no_clip else _available_clip(args)
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
@@ -268,7 +268,7 @@ def _cmd_benchmark(args) -> int:
 def _available_clip(args):
     """The CLIP spec when its weights are on this machine; else None (the demo still runs,
     without the semantic prior, and says so)."""
-    from backend.avatar.clip_prior import ClipSpec, ClipWeightsMissing, resolve_weights
+    from backend.avatar.pretrained import ClipSpec, ClipWeightsMissing, resolve_weights
 
     spec = ClipSpec(model=args.clip_model, pretrained=args.clip_pretrained)
     try:

@@ -531,7 +531,7 @@ def load_fit_inputs(photo=None, mask=None, params=None, elicit_dir=None,
                     camera: PinholeCamera | None = None) -> FitInputs:
     """Photo + optional mask + optional body parameters, validated together. Without parameters
     the camera comes from the photo's EXIF focal length (else the default lens) and `params` is
-    None: the body is estimated from the photo (backend/body_fit_job.py). `camera` (photo only)
+    None: the body is estimated from the photo (backend/jobs/body_fit.py). `camera` (photo only)
     is a known camera of the photo (e.g. a Blender camera), used instead of the lens guess.
 
     `elicit_dir` supplies whichever of photo / mask / params is not given explicitly. The

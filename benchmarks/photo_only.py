@@ -32,7 +32,7 @@ def orientation_error_deg(pose, true_pose) -> float:
 
 
 def evaluate(body, name, image, true_mask, camera, truth, rough=None, preset="quick") -> list[dict]:
-    from backend.body.fitting import FitConfig, fit_body_to_mask, joint_error_mm, silhouette_iou
+    from backend.body.fitting import BodyFitConfig, fit_body_to_mask, joint_error_mm, silhouette_iou
     from backend.body.grabcut import sharpen_person_mask
     from backend.estimate.body_init import init_body
     from backend.estimate.person import estimate_person
@@ -46,7 +46,7 @@ def evaluate(body, name, image, true_mask, camera, truth, rough=None, preset="qu
                      "orientation_deg": orientation_error_deg(pose, truth[0]),
                      "iou": silhouette_iou(body, pose, betas, transl, true_mask, camera), "seconds": seconds})
 
-    config = FitConfig.preset(preset)
+    config = BodyFitConfig.preset(preset)
     if rough is not None:
         t = time.perf_counter()
         fit = fit_body_to_mask(body, true_mask, camera, *rough, config)
@@ -57,7 +57,7 @@ def evaluate(body, name, image, true_mask, camera, truth, rough=None, preset="qu
     t_init = time.perf_counter() - t
     start = (init.pose, init.betas, init.transl)
     row("photo: landmarks only", *start, None, t_init)
-    mask = sharpen_person_mask(image, est.mask)          # what the product fits to (backend/body_fit_job.py)
+    mask = sharpen_person_mask(image, est.mask)          # what the product fits to (backend/jobs/body_fit.py)
     for label, guides in (("photo: + silhouette", None), ("photo: + silhouette + guides", init.guides)):
         t = time.perf_counter()
         fit = fit_body_to_mask(body, mask, camera, *start, config, guides=guides)
@@ -72,9 +72,9 @@ def main(argv=None) -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
 
-    from backend.benchmark.subjects import Subject, ensure_subjects
-    from backend.body.model import load_open_body
+    from backend.body.body_model import load_open_body
     from backend.inputs import load_elicit_folder
+    from backend.quality.subjects import Subject, ensure_subjects
     from shared.camera import DEFAULT_FOCAL_35MM, PinholeCamera, focal_pixels
 
     body = load_open_body()

@@ -25,11 +25,11 @@ from torch.profiler import ProfilerActivity, profile
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from backend.avatar.avatar import Avatar  # noqa: E402
 from backend.avatar.config import preset  # noqa: E402
-from backend.avatar.model import Avatar  # noqa: E402
 from backend.avatar.stage_a import run_stage_a  # noqa: E402
-from backend.avatar_fit_job import resolve_device  # noqa: E402
-from backend.body.model import load_body_model  # noqa: E402
+from backend.body.body_model import load_body_model  # noqa: E402
+from backend.jobs.avatar_fit import resolve_device  # noqa: E402
 from benchmarks.speed import load_sample, sync, warm_stage_b  # noqa: E402
 
 

@@ -23,9 +23,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from backend.body.model import load_body_model  # noqa: E402
+from backend.body.body_model import load_body_model  # noqa: E402
 from backend.inputs import load_elicit_folder  # noqa: E402
-from backend.sample_subject import write_sample_subject  # noqa: E402
+from backend.jobs.sample_subject import write_sample_subject  # noqa: E402
 from shared.client import ServiceClient  # noqa: E402
 
 
@@ -46,7 +46,7 @@ def start_server(store: Path, device: str) -> tuple[subprocess.Popen, str]:
 
 
 def turntable(camera, pose, transl, n: int):
-    from backend.avatar.sampling import body_up, orbit_from_camera
+    from shared.orbit import body_up, orbit_from_camera
 
     centre = np.array([0.0, 0.0, 4.8])   # the sample subject's body centre (frame_body)
     up = body_up(pose[:3])

@@ -193,8 +193,8 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
 
-    from backend.body.model import load_open_body
-    from backend.sample_subject import small_subject
+    from backend.body.body_model import load_open_body
+    from backend.jobs.sample_subject import small_subject
 
     subject = small_subject(load_open_body(), SIZE)
     with tempfile.TemporaryDirectory() as tmp:

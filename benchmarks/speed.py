@@ -24,15 +24,15 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from backend.avatar.avatar import Avatar  # noqa: E402
 from backend.avatar.config import preset  # noqa: E402
 from backend.avatar.field import FieldConfig  # noqa: E402
-from backend.avatar.model import Avatar  # noqa: E402
 from backend.avatar.optimiser import StageB, make_photo_target, new_state  # noqa: E402
 from backend.avatar.stage_a import run_stage_a  # noqa: E402
-from backend.avatar_fit_job import resolve_device  # noqa: E402
-from backend.body.model import load_body_model  # noqa: E402
+from backend.body.body_model import load_body_model  # noqa: E402
 from backend.inputs import load_elicit_folder  # noqa: E402
-from backend.sample_subject import write_sample_subject  # noqa: E402
+from backend.jobs.avatar_fit import resolve_device  # noqa: E402
+from backend.jobs.sample_subject import write_sample_subject  # noqa: E402
 
 
 def sync(dev):

@@ -61,7 +61,7 @@ PROXY_MAX_VERTICES = 1 << 16
 PROXY_MAX_FACES = 1 << 17
 PROXY_MAX_INFLUENCES = 8
 PROXY_WEIGHT_SUM_TOLERANCE = 1e-3
-# The mesh bake (`export`): the backend's presets (backend/avatar_export_job.py) and the limits a
+# The mesh bake (`export`): the backend's presets (backend/jobs/avatar_export.py) and the limits a
 # request may ask for; the .glb comes back as one uint8 frame of N x 1 bytes
 EXPORT_PRESETS = ("default", "tiny")
 EXPORT_MAX_TRIANGLES = 1_000_000

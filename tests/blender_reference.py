@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from backend.benchmark.cycles_render import cycles_settings, new_scene
+from backend.quality.cycles_render import cycles_settings, new_scene
 from shared.camera import PinholeCamera
 
 

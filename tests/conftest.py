@@ -11,7 +11,7 @@ os.environ.setdefault("PYTHONHASHSEED", "0")
 
 @pytest.fixture(scope="session")
 def open_body():
-    from backend.body.model import load_open_body
+    from backend.body.body_model import load_open_body
 
     return load_open_body()
 
@@ -19,7 +19,8 @@ def open_body():
 @pytest.fixture(scope="session")
 def tiny_clip():
     """The real open_clip code path with a tiny random config (no weights needed)."""
-    from backend.avatar.clip_prior import ClipSpec, load_clip
+    from backend.avatar.clip_prior import load_clip
+    from backend.avatar.pretrained import ClipSpec
 
     return load_clip(ClipSpec.tiny_test())
 
@@ -27,7 +28,7 @@ def tiny_clip():
 @pytest.fixture(scope="session")
 def subject_128(open_body):
     """The sample person's photo at 128 px with its true parameters (as a rig would give them)."""
-    from backend.sample_subject import small_subject
+    from backend.jobs.sample_subject import small_subject
 
     return small_subject(open_body, 128)
 

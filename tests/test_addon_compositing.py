@@ -230,7 +230,6 @@ def test_a_viewport_view_gets_its_frame_with_depth_off_the_ui_thread(session):
     P = np.array(cam.calc_matrix_camera(depsgraph, x=width, y=height))
     rv3d = SimpleNamespace(view_matrix=cam.matrix_world.normalized().inverted(), window_matrix=P)
     region = SimpleNamespace(width=width, height=height, as_pointer=lambda: 4242)
-    runtime = session["runtime"]
 
     def pump_until(condition, timeout=60.0):
         start = time.monotonic()
@@ -271,7 +270,7 @@ def test_a_cancelled_render_closes_its_socket_and_the_next_one_works(session, tm
     part is what the render_cancel handler does. A render is started as Blender starts one (its
     render_pre, then frame_change_post with the render's depsgraph), cancelled, then F12 works."""
     scene = bpy.context.scene
-    runtime, live = session["runtime"], session["live"]
+    runtime = session["runtime"]
     for handler in bpy.app.handlers.render_pre:
         handler(scene, None)
     assert runtime.rendering

@@ -66,7 +66,7 @@ def body_joints(body, pose, transl):
 
 
 def test_artist_path_in_the_installed_addon(built, tmp_path, open_body):
-    from backend.sample_subject import render_flat, subject_pose
+    from backend.jobs.sample_subject import render_flat, subject_pose
     from shared.camera import frame_subject
 
     # the photo: the sample person standing upright (Blender's Z up), facing Blender's -Y, seen by

@@ -413,7 +413,7 @@ def test_round_trip_export_import_pose_render_matches_the_neural_render(exported
     from PIL import Image
 
     from backend.avatar.avatar_file import load_avatar
-    from backend.benchmark.cycles_render import apply_camera, cycles_settings
+    from backend.quality.cycles_render import apply_camera, cycles_settings
     from shared.camera import PinholeCamera
 
     module, rig, mesh_import, to_blender = addon()

@@ -8,18 +8,26 @@ import pytest
 import torch
 
 from backend.avatar import losses as L
+from backend.avatar.avatar import Avatar
 from backend.avatar.avatar_file import AvatarFileError, AvatarRecord, load_avatar, save_avatar
-from backend.avatar.config import FitConfig, StageBConfig, preset, quick, tiny
+from backend.avatar.config import AvatarFitConfig, StageBConfig, preset, quick, tiny
 from backend.avatar.metrics import psnr
-from backend.avatar.model import Avatar
 from backend.avatar.optimiser import StageB, make_photo_target, new_state, run_stage_b
-from backend.avatar.sampling import body_facing_yaw, body_up, orbit_camera
 from backend.avatar.skinning import MotionConfig
 from backend.avatar.stage_a import run_stage_a
-from backend.avatar_fit_job import fit_avatar
+from backend.jobs.avatar_fit import fit_avatar
+from backend.jobs.sample_subject import (
+    DISTANCE,
+    FOCAL,
+    SIZE,
+    frame_body,
+    render_flat,
+    subject_pose,
+    textured_background,
+)
 from backend.render.raster import camera_tensors, project
-from backend.sample_subject import DISTANCE, FOCAL, SIZE, frame_body, render_flat, subject_pose, textured_background
 from shared.camera import PinholeCamera
+from shared.orbit import body_facing_yaw, body_up, orbit_camera
 from shared.smpl import JOINT_INDEX, PART_INDEX
 
 
@@ -159,7 +167,8 @@ def test_input_view_and_clip_losses_descend(open_body, subject, tiny_clip):
 
 
 def test_hybrid_sampling_switches(open_body, subject):
-    cfg = dataclasses.replace(tiny(), part_sampling=False, rotation_sampling=False)
+    cfg = dataclasses.replace(tiny(), parts=dataclasses.replace(tiny().parts, enabled=False),
+                              rotations=dataclasses.replace(tiny().rotations, enabled=False))
     torch.manual_seed(0)
     avatar = Avatar(open_body, subject["betas"], cfg.field, cfg.motion, cfg.render)
     target = make_photo_target(subject["photo"], subject["mask"], subject["camera"], subject["pose"],
@@ -331,15 +340,54 @@ def test_interrupted_fit_resumes_from_its_checkpoint(open_body, subject, tmp_pat
 def test_presets_are_typed_and_round_trip():
     for name in ("quick", "full", "tiny"):
         cfg = preset(name)
-        assert isinstance(cfg, FitConfig) and FitConfig.from_dict(cfg.to_dict()) == cfg
+        assert isinstance(cfg, AvatarFitConfig) and AvatarFitConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="unknown preset 'fast'"):
         preset("fast")
+
+
+def test_sampling_settings_are_config_fields_that_files_keep_and_check(tmp_path, body_shaped, subject, open_body):
+    """Part- and rotation-sampling settings live in the fit config: a custom table survives the
+    avatar file, a hostile one is refused before use, and a file from before they were config
+    sections (two booleans and stage_b.pitch_range) loads with the same meaning."""
+    import copy
+
+    avatar, _ = body_shaped
+    cfg = dataclasses.replace(quick(), parts=dataclasses.replace(quick().parts, probs={"head": 1.0, "body": 3.0}),
+                              rotations=dataclasses.replace(quick().rotations, max_pitch=7.5,
+                                                            self_targets=(("head", "back"),)))
+    path = tmp_path / "a.avatar"
+    save_avatar(path, AvatarRecord(avatar, cfg, subject["camera"], subject["pose"], subject["transl"],
+                                   "open_body", "done", 0))
+    back = load_avatar(path, open_body).config
+    assert back == cfg and back.parts.probs == {"head": 1.0, "body": 3.0}
+    assert back.rotations.self_targets == (("head", "back"),) and back.rotations.max_pitch == 7.5
+
+    data = torch.load(path, weights_only=True)
+    for section, key, value, message in (
+            ("parts", "probs", {"tail": 1.0}, "unknown parts"),
+            ("parts", "probs", {"head": "much"}, "is not a finite number"),
+            ("parts", "probs", {f"p{i}": 1.0 for i in range(1000)}, "at most 64 entries"),
+            ("rotations", "direction_weights", {"head": {"up": 1.0}}, "unknown bins"),
+            ("rotations", "self_targets", [["head"]], r"\(name, name\) pairs"),
+            ("rotations", "self_targets", [["head", "above"]], "unknown part or bin")):
+        bad = copy.deepcopy(data)
+        bad["config"][section][key] = value
+        torch.save(bad, tmp_path / "bad.avatar")
+        with pytest.raises(AvatarFileError, match=message):
+            load_avatar(tmp_path / "bad.avatar", open_body)
+
+    old = copy.deepcopy(data["config"])
+    del old["parts"], old["rotations"]
+    old.update(part_sampling=False, rotation_sampling=True)
+    old["stage_b"]["pitch_range"] = 10.0
+    upgraded = AvatarFitConfig.from_dict(old)
+    assert not upgraded.parts.enabled and upgraded.rotations.enabled and upgraded.rotations.max_pitch == 10.0
 
 
 def test_nearest_bone_first_guess_follows_the_posed_skeleton(open_body):
     """Points on a posed limb take that limb's bone; a point in the torso behind a lowered arm
     takes the spine's, not the arm's (the per-ray surface weights would give the arm's)."""
-    from backend.avatar.model import bone_segments, nearest_bone_weights
+    from backend.avatar.skinning import bone_segments, nearest_bone_weights
 
     betas = np.zeros(open_body.num_betas, np.float32)
     segments = bone_segments(open_body, betas)

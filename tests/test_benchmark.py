@@ -11,11 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-from backend.benchmark import report
-from backend.benchmark.measure import PeakMemory
-from backend.benchmark.methods import BY_NAME, select
-from backend.benchmark.projection import ProjectionBaseline
 from backend.errors import AvatarError
+from backend.quality import report
+from backend.quality.measure import PeakMemory
+from backend.quality.methods import BY_NAME, select
+from backend.quality.projection import ProjectionBaseline
 from backend.render.raster import camera_tensors, hard_silhouette
 from shared.camera import PinholeCamera
 
@@ -25,7 +25,7 @@ needs_bpy = pytest.mark.skipif(importlib.util.find_spec("bpy") is None,
 
 @pytest.fixture(scope="module")
 def small_subject(open_body, tmp_path_factory):
-    from backend.benchmark.subjects import Subject, ensure_subjects
+    from backend.quality.subjects import Subject, ensure_subjects
 
     cache = tmp_path_factory.mktemp("subjects")
     folder = ensure_subjects(open_body, 1, seed=3, size=256, samples=16, cache=cache, log=lambda m: None)[0]
@@ -75,7 +75,7 @@ def test_subject_formats_agree(open_body, small_subject):
 
 @needs_bpy
 def test_subjects_are_deterministic_and_dressed_differently_front_and_back(open_body, tmp_path):
-    from backend.benchmark.subjects import appearance, make_subject, write_subject
+    from backend.quality.subjects import appearance, make_subject, write_subject
 
     a, b = make_subject(open_body, 2, seed=5), make_subject(open_body, 2, seed=5)
     assert np.array_equal(a.pose, b.pose) and np.array_equal(a.betas, b.betas) and a.look == b.look
@@ -92,7 +92,7 @@ def test_subjects_are_deterministic_and_dressed_differently_front_and_back(open_
 
 def test_projection_baseline_reproduces_the_photo_and_mirrors_the_back(open_body):
     from backend.avatar.metrics import boxed_metrics
-    from backend.sample_subject import FOCAL, frame_body, render_flat, subject_pose
+    from backend.jobs.sample_subject import FOCAL, frame_body, render_flat, subject_pose
 
     pose, betas = subject_pose(), np.zeros(open_body.num_betas)
     transl = frame_body(open_body, pose, betas, 4.8)
@@ -173,8 +173,8 @@ def test_peak_memory_sees_a_large_allocation():
 def test_tiny_benchmark_end_to_end(open_body, tmp_path):
     """Every writer on a real (tiny) run, the CLIP rows with the tiny random CLIP config, then
     a resumed run that keeps the finished subject."""
-    from backend.avatar.clip_prior import ClipSpec
-    from backend.benchmark.run import run_benchmark
+    from backend.avatar.pretrained import ClipSpec
+    from backend.quality.run import run_benchmark
 
     out = tmp_path / "bench"
     logs = []
@@ -206,7 +206,7 @@ def test_tiny_benchmark_end_to_end(open_body, tmp_path):
 
 
 def test_subject_spec_prompt_names_front_and_back():
-    from backend.benchmark.subjects import Look
+    from backend.quality.subjects import Look
 
     look = Look("red", "black", "white", "brown", (0.9, 0.7, 0.6), True, False, True, ("yellow", "teal"),
                 ("white", "green"), 12.0, 6.0)

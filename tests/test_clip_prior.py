@@ -11,9 +11,18 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from backend.avatar.clip_prior import (TINY_CONFIG, TINY_MODEL, ClipModelError, ClipSpec, ClipWeightsError,
-                                       ClipWeightsMissing, load_clip, model_name, register_tiny_config,
-                                       resolve_weights)
+from backend.avatar.clip_prior import load_clip
+from backend.avatar.pretrained import (
+    TINY_CONFIG,
+    TINY_MODEL,
+    ClipModelError,
+    ClipSpec,
+    ClipWeightsError,
+    ClipWeightsMissing,
+    model_name,
+    register_tiny_config,
+    resolve_weights,
+)
 from backend.errors import AvatarError
 
 OTHER_MODEL = "test-tiny-clip-16"   # a second tiny architecture: "some other, non-test model"
@@ -228,7 +237,7 @@ def test_tag_found_in_hugging_face_and_openai_caches(empty_places):
 def test_openai_torchscript_release_loads_with_quick_gelu(tiny_clip, trained_state, tmp_path, monkeypatch):
     import hashlib
 
-    from backend.avatar import clip_prior
+    from backend.avatar import pretrained
 
     state, expected = trained_state
     model = copy.deepcopy(tiny_clip.model)
@@ -239,18 +248,18 @@ def test_openai_torchscript_release_loads_with_quick_gelu(tiny_clip, trained_sta
     path = tmp_path / "ViT-tiny.pt"
     traced.save(str(path))
     # the real list holds OpenAI's published checksums, ViT-L-14's among them
-    published = clip_prior._trusted_checksums()
+    published = pretrained._trusted_checksums()
     assert "b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836" in published
     # a TorchScript file that is not one of them is refused before anything is unpickled
     def never(*a, **k):
         raise AssertionError("an untrusted TorchScript file was opened")
     with monkeypatch.context() as m:
-        m.setattr(clip_prior.open_clip, "load_checkpoint", never)
+        m.setattr(pretrained.open_clip, "load_checkpoint", never)
         with pytest.raises(ClipWeightsError, match="not one of OpenAI's published CLIP releases"):
             load_clip(ClipSpec(TINY_MODEL, str(path), quick_gelu=False))
     # this stand-in for OpenAI's release is trusted as theirs would be: by its checksum
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
-    monkeypatch.setattr(clip_prior, "_trusted_checksums", lambda: published | {sha})
+    monkeypatch.setattr(pretrained, "_trusted_checksums", lambda: published | {sha})
     exact = load_clip(ClipSpec(TINY_MODEL, str(path), quick_gelu=False))
     torch.testing.assert_close(_embed(exact), expected)
     # OpenAI's TorchScript models all use QuickGELU: by default that is switched on

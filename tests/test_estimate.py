@@ -11,7 +11,7 @@ from PIL import Image
 
 pytest.importorskip("mediapipe", reason="the photo-only path needs mediapipe (scripts/env.sh installs it)")
 
-from backend.body.fitting import FitConfig, fit_body_to_mask, joint_error_mm, silhouette_iou  # noqa: E402
+from backend.body.fitting import BodyFitConfig, fit_body_to_mask, joint_error_mm, silhouette_iou  # noqa: E402
 from backend.estimate.body_init import init_body  # noqa: E402
 from backend.estimate.person import LANDMARKS, NoPersonError, estimate_person  # noqa: E402
 from shared.camera import PinholeCamera  # noqa: E402
@@ -24,7 +24,7 @@ SIZE = 256
 def person(open_body):
     """The sample person (natural pose, dressed in flat colours) at 256 px over a textured
     background, with the true parameters."""
-    from backend.sample_subject import DISTANCE, FOCAL, frame_body, render_flat, subject_pose
+    from backend.jobs.sample_subject import DISTANCE, FOCAL, frame_body, render_flat, subject_pose
 
     pose = subject_pose()
     betas = np.zeros(open_body.num_betas)
@@ -67,7 +67,7 @@ def test_landmarks_and_mask_match_the_rendered_person(person):
 def test_init_from_landmarks_then_guided_refinement(open_body, person):
     """From the photo alone: far closer to the true pose than rough parameters, and the guided
     silhouette refinement raises the overlap without moving away from the 3D pose."""
-    from backend.sample_subject import rough_estimate
+    from backend.jobs.sample_subject import rough_estimate
 
     truth = (person["pose"], person["betas"], person["transl"])
     est = estimate_person(person["image"])
@@ -78,7 +78,7 @@ def test_init_from_landmarks_then_guided_refinement(open_body, person):
     depth_error = abs(init.transl[2] - person["transl"][2]) / person["transl"][2]
     assert depth_error < 0.1                             # the body's metric size fixes the depth
 
-    config = FitConfig.preset("quick")
+    config = BodyFitConfig.preset("quick")
     fit = fit_body_to_mask(open_body, est.mask, person["camera"], init.pose, init.betas, init.transl, config,
                            guides=init.guides)
     after = joint_error_mm(open_body, fit.pose, fit.betas, fit.transl, *truth)
@@ -128,9 +128,10 @@ def test_init_drives_a_users_smpl_file_too(tmp_path, person):
     """The landmark initialisation works in any SMPL-layout body (here a tiny SMPL file loaded
     through smplx): its bones point along the landmarks' 3D bones and its joints land on the
     2D landmarks, at the person's depth."""
-    from backend.body.model import load_body_model
-    from backend.estimate.body_init import direction_loss, keypoint_loss
     from tiny_smpl import make_tiny_smpl_arrays, write_official_pkl
+
+    from backend.body.body_model import load_body_model
+    from backend.estimate.body_init import direction_loss, keypoint_loss
 
     write_official_pkl(tmp_path / "SMPL_NEUTRAL.pkl", make_tiny_smpl_arrays(num_betas=10))
     smpl = load_body_model(tmp_path / "SMPL_NEUTRAL.pkl")
@@ -156,9 +157,9 @@ class Interrupted(Exception):
 def test_a_resumed_photo_only_fit_keeps_its_body_and_checkpoint(tmp_path, person, monkeypatch):
     """A fit interrupted in stage B resumes from its checkpoint on the body the first run
     fitted (landmarks and masks need not come out bit for bit the same again)."""
-    import backend.body_fit_job as body_fit_job
+    import backend.jobs.body_fit as body_fit_job
     from backend.avatar.avatar_file import load_avatar
-    from backend.avatar_fit_job import run_avatar_fit
+    from backend.jobs.avatar_fit import run_avatar_fit
 
     Image.fromarray(person["image"]).save(tmp_path / "me.png")
     out = tmp_path / "me.avatar"

@@ -5,7 +5,6 @@ the neural avatar, and bad inputs giving one clear line and no files. The add-on
 import io
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -99,9 +98,9 @@ def test_mesh_follows_the_neural_avatar(avatar_file):
     import torch
 
     from backend.avatar.avatar_file import load_avatar
-    from backend.avatar.sampling import body_up, orbit_from_camera
-    from backend.avatar_export_job import ExportConfig, bake
     from backend.export.check import mesh_mask, pose_vertices, silhouette_iou
+    from backend.jobs.avatar_export import ExportConfig, bake
+    from shared.orbit import body_up, orbit_from_camera
 
     rec = load_avatar(avatar_file)
     av = rec.avatar.eval()

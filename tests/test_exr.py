@@ -43,7 +43,7 @@ def exr_layout(path):
 
 def test_render_turntable_as_exr_matches_the_model(fitted, tmp_path):
     from backend.avatar.avatar_file import load_avatar
-    from backend.avatar_render_job import turntable_cameras
+    from backend.jobs.avatar_render import turntable_cameras
 
     avatar_file = fitted / "avatar.avatar"
     out = tmp_path / "tt"

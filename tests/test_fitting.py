@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from backend.body.fitting import FitConfig, FitStage, joint_limit_penalty, fit_body_to_mask, silhouette_iou
-from backend.body_fit_job import body_silhouette
-from backend.sample_subject import FOCAL, subject_pose
+from backend.body.fitting import BodyFitConfig, FitStage, fit_body_to_mask, joint_limit_penalty, silhouette_iou
+from backend.jobs.body_fit import body_silhouette
+from backend.jobs.sample_subject import FOCAL, subject_pose
 from shared.camera import PinholeCamera
 from shared.smpl import JOINT_INDEX as J
 
@@ -30,7 +30,7 @@ def test_recovers_perturbed_pose(open_body, scene):
         start[3 * J[name]: 3 * J[name] + 3] += rng.uniform(-0.3, 0.3, 3)
     start[:3] += [0.05, -0.05, 0.03]
     start_transl = transl + [0.04, -0.03, 0.1]
-    result = fit_body_to_mask(open_body, mask, camera, start, None, start_transl, FitConfig.preset("quick"))
+    result = fit_body_to_mask(open_body, mask, camera, start, None, start_transl, BodyFitConfig.preset("quick"))
     assert result.iou_before < 0.85
     assert result.iou_after >= 0.95, result.iou_after
     assert result.iou_after == pytest.approx(silhouette_iou(open_body, result.pose, result.betas, result.transl, mask, camera))
@@ -53,9 +53,9 @@ def test_mask_size_must_match_camera(open_body, scene):
     camera, pose, betas, transl, mask = scene
     with pytest.raises(ValueError, match="mask is"):
         fit_body_to_mask(open_body, mask[:-1], camera, pose, None, transl,
-                         FitConfig(stages=(FitStage(64, 1, 0.01, False, False),)))
+                         BodyFitConfig(stages=(FitStage(64, 1, 0.01, False, False),)))
 
 
 def test_unknown_preset_is_named():
     with pytest.raises(ValueError, match="quick"):
-        FitConfig.preset("fastest")
+        BodyFitConfig.preset("fastest")

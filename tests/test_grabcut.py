@@ -3,9 +3,16 @@ import numpy as np
 import pytest
 
 from backend.body.grabcut import grabcut_mask
-from backend.body_fit_job import body_silhouette
 from backend.errors import InputError
-from backend.sample_subject import FOCAL, frame_body, render_flat, rough_estimate, subject_pose, textured_background
+from backend.jobs.body_fit import body_silhouette
+from backend.jobs.sample_subject import (
+    FOCAL,
+    frame_body,
+    render_flat,
+    rough_estimate,
+    subject_pose,
+    textured_background,
+)
 from shared.camera import PinholeCamera
 
 SIZE = 256

@@ -10,10 +10,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from backend.avatar import losses
+from backend.avatar import losses, pretrained
 from backend.avatar.config import LossWeights
-from backend.avatar.losses import (LpipsUnavailable, edge_distance_map, edge_loss,
-                                   load_lpips, mse, silhouette_loss, ssim, ssim_loss)
+from backend.avatar.losses import (
+    LpipsUnavailable,
+    edge_distance_map,
+    edge_loss,
+    load_lpips,
+    mse,
+    silhouette_loss,
+    ssim,
+    ssim_loss,
+)
 from backend.errors import AvatarError
 
 
@@ -124,8 +132,8 @@ def test_lpips_missing_file(tmp_path, monkeypatch):
 def test_lpips_weights_found_in_torch_home(tmp_path, monkeypatch):
     monkeypatch.delenv("AVATAR_VGG16_WEIGHTS", raising=False)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    assert losses.vgg16_candidates() == [tmp_path / "hub" / "checkpoints" / "vgg16-397923af.pth"]
-    assert losses.vgg16_candidates("~/w.pth") == [Path.home() / "w.pth"]  # an explicit path wins
+    assert pretrained.vgg16_candidates() == [tmp_path / "hub" / "checkpoints" / "vgg16-397923af.pth"]
+    assert pretrained.vgg16_candidates("~/w.pth") == [Path.home() / "w.pth"]  # an explicit path wins
 
 
 def test_lpips_broken_files_raise_naming_the_file(tmp_path):

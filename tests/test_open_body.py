@@ -4,7 +4,8 @@ import pytest
 import smplx
 import torch
 
-from shared.smpl import JOINT_INDEX as J, NUM_PARTS, PART_INDEX, PARENTS
+from shared.smpl import JOINT_INDEX as J
+from shared.smpl import NUM_PARTS, PARENTS, PART_INDEX
 
 
 def test_loads_through_smplx_data_struct(open_body):
@@ -122,7 +123,7 @@ def test_the_add_ons_default_skeleton_is_the_open_body(open_body):
 def test_kinematic_chain_stays_on_the_host_when_the_body_moves():
     """smplx indexes its chain with parents[i] in a Python loop: the chain must stay a CPU
     tensor when the body moves to a device (else every step is a host sync on a GPU)."""
-    from backend.body.model import load_body_model
+    from backend.body.body_model import load_body_model
 
     body = load_body_model("open_body").to(torch.float64)
     assert body.smpl.parents.device.type == "cpu" and body.parents.tolist() == list(PARENTS)

@@ -4,8 +4,8 @@ them: seen vertices take the photo's colour, unseen ones the colours of the rim 
 import numpy as np
 import torch
 
+from backend.avatar.avatar import Avatar
 from backend.avatar.config import preset
-from backend.avatar.model import Avatar
 from backend.avatar.photo_colours import fill_unseen, photo_vertex_colours, seen_colours
 from backend.avatar.stage_a import run_stage_a
 

@@ -3,8 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from backend.render.raster import (camera_tensors, hard_silhouette, part_boxes, part_masks, project,
-                                   rasterize, soft_silhouette)
+from backend.render.raster import camera_tensors, hard_silhouette, part_boxes, project, rasterize, soft_silhouette
 from shared.camera import PinholeCamera
 
 
@@ -79,17 +78,11 @@ def test_nearest_surface_wins_regardless_of_order():
         assert torch.allclose(bary[0, 6, 6].sum(), torch.tensor(1.0))
 
 
-def test_part_masks_and_boxes():
+def test_part_boxes():
     cam = flat_camera()
-    a_v, a_f = quad(1.0, 1.0, 6.0, 6.0, 5.0, cam)
-    b_v, b_f = quad(8.0, 2.0, 15.0, 11.0, 5.0, cam)
+    a_v, _ = quad(1.0, 1.0, 6.0, 6.0, 5.0, cam)
+    b_v, _ = quad(8.0, 2.0, 15.0, 11.0, 5.0, cam)
     verts = torch.cat([a_v, b_v])[None]
-    faces = torch.cat([a_f, b_f + 4])
-    fi, _, _ = rasterize(verts, faces, *camera_tensors(cam), cam.height, cam.width)
-    masks = part_masks(fi, torch.tensor([0, 0, 1, 1]), 3)
-    assert masks.shape == (1, 3, cam.height, cam.width)
-    assert masks[0, 0, 3, 3] and not masks[0, 1, 3, 3] and masks[0, 1, 6, 10]
-    assert masks[0, 2].sum() == 0 and not (masks[0, 0] & masks[0, 1]).any()
     uv, _ = project(verts, *camera_tensors(cam))
     boxes, valid = part_boxes(uv, torch.tensor([0, 0, 0, 0, 1, 1, 1, 1]), 3, cam.height, cam.width, min_size=4)
     assert torch.allclose(boxes[0, 0], torch.tensor([1.0, 1.0, 6.0, 6.0]), atol=1e-4)
@@ -235,7 +228,8 @@ def test_body_silhouette_matches_blender_cycles(open_body):
     principal point, non-square image), IoU >= 0.98 for the hard and the soft silhouette."""
     pytest.importorskip("bpy", reason="bpy (Blender as a module) is needed for the Cycles reference")
     from blender_reference import render_cycles_mask
-    from backend.sample_subject import frame_body, subject_pose
+
+    from backend.jobs.sample_subject import frame_body, subject_pose
 
     pose = subject_pose()
     betas = np.array([0.5, 0.0, 0.3, 0.2, -0.4, 0.1])
@@ -261,8 +255,8 @@ def test_body_silhouette_matches_blender_cycles(open_body):
 def test_blender_camera_conversion_matches_world_to_camera_view(open_body):
     pytest.importorskip("bpy", reason="bpy (Blender as a module) is needed")
     import mathutils
-    from bpy_extras.object_utils import world_to_camera_view
     from blender_reference import setup_scene
+    from bpy_extras.object_utils import world_to_camera_view
 
     K = np.array([[150.0, 0, 50.0], [0, 150.0, 68.0], [0, 0, 1]])
     cam = PinholeCamera(K, np.eye(3), np.array([0.0, 0.0, 4.0]), 112, 128)

@@ -9,12 +9,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from backend.avatar.sampling import (FULL_BODY, PartSamplingConfig, RotationSamplingConfig, body_box,
-                                     body_facing_yaw, body_up, crop_box, crop_resize, draw_part,
-                                     orbit_camera, relative_yaw, resolve_part, sample_novel_view,
-                                     view_bin, wrap_yaw)
+from backend.avatar.sampling import (
+    FULL_BODY,
+    PartSamplingConfig,
+    RotationSamplingConfig,
+    body_box,
+    crop_box,
+    crop_resize,
+    draw_part,
+    resolve_part,
+    sample_novel_view,
+)
 from backend.render.raster import part_boxes
 from shared.camera import PinholeCamera
+from shared.orbit import body_facing_yaw, body_up, orbit_camera, relative_yaw, view_bin, wrap_yaw
 from shared.smpl import NUM_PARTS, PART_INDEX, PART_NAMES
 
 N_DRAWS = 20000
@@ -282,7 +290,7 @@ def test_tilted_body_up_axis():
 
 
 def test_orbit_from_camera_starts_at_the_camera_and_turns_to_the_bodys_left():
-    from backend.avatar.sampling import orbit_from_camera
+    from shared.orbit import orbit_from_camera
 
     # the photo's world: OpenCV camera at the origin, an upright body (up = -Y) facing it at z = 4
     cam = PinholeCamera.from_focal(500.0, 64, 64)

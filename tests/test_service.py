@@ -293,7 +293,7 @@ def test_a_photo_alone_is_enough(server, tmp_path, subject):
     with ServiceClient(server.address, timeout=60) as c:
         loaded = c.load(avatar)
         # the lens the sample's PNG states in its EXIF, read by the client
-        from backend.sample_subject import FOCAL
+        from backend.jobs.sample_subject import FOCAL
 
         assert abs(loaded["camera"]["K"][0][0] - FOCAL) < 1e-3
         from scipy.spatial.transform import Rotation

@@ -184,7 +184,7 @@ def test_a_full_disk_during_a_fit_is_reported_and_the_worker_goes_on(tmp_path, f
     the worker renders the next request."""
     import errno
 
-    import backend.avatar_fit_job as avatar_fit_job
+    import backend.jobs.avatar_fit as avatar_fit_job
     from backend.service.store import AvatarStore
     from backend.service.worker import Worker
 

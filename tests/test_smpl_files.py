@@ -5,12 +5,12 @@ import sys
 import numpy as np
 import pytest
 import torch
+from tiny_smpl import make_tiny_smpl_arrays, write_npz, write_official_pkl
 
-from backend.body.model import load_body_model
+from backend.body.body_model import load_body_model
 from backend.body.smpl_files import load_smpl_arrays, num_betas
 from backend.errors import BodyModelFileError
 from shared.smpl import JOINT_INDEX as J
-from tiny_smpl import make_tiny_smpl_arrays, write_npz, write_official_pkl
 
 
 @pytest.mark.parametrize("version,betas", [("1.0.0", 10), ("1.1.0", 300)])

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from backend.avatar.config import FitConfig
-from backend.avatar.model import Avatar
-from backend.body.model import BodyModel, load_body_model
+from backend.avatar.avatar import Avatar
+from backend.avatar.config import AvatarFitConfig
+from backend.body.body_model import BodyModel, load_body_model
 from backend.errors import AvatarError
 from shared.camera import PinholeCamera
 
@@ -32,7 +32,7 @@ class AvatarFileError(AvatarError, ValueError):
 @dataclasses.dataclass
 class AvatarRecord:
     avatar: Avatar
-    config: FitConfig
+    config: AvatarFitConfig
     camera: PinholeCamera          # the input photo's camera
     pose: np.ndarray               # (72,) fitted body pose of the photo
     transl: np.ndarray             # (3,)
@@ -80,7 +80,7 @@ def load_avatar(path, body: BodyModel | None = None, device="cpu") -> AvatarReco
                               f"by this backend (it reads version {FORMAT_VERSION}); refit or update")
     try:
         spec, identity = str(data["body"]["spec"]), str(data["body"]["identity"])
-        config = FitConfig.from_dict(data["config"])
+        config = AvatarFitConfig.from_dict(data["config"])
     except (KeyError, TypeError, ValueError) as exc:
         raise AvatarFileError(f"{path}: a damaged or hostile avatar file ({exc})") from None
     if body is None:

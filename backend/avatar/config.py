@@ -10,9 +10,10 @@ import dataclasses
 import math
 
 from backend.avatar.field import FieldConfig
-from backend.avatar.model import RenderConfig
+from backend.avatar.sampling import PartSamplingConfig, RotationSamplingConfig
 from backend.avatar.skinning import MotionConfig
 from backend.avatar.stage_a import StageAConfig
+from backend.render.ray_marching import RenderConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,14 +41,13 @@ class StageBConfig:
     input_view_prob: float = 0.5   # else a novel view (paper)
     input_size: int = 96           # pixels: the input view's person crop is rendered at this size
     novel_size: int = 64           # pixels: novel-view crops (the CLIP model's own size when used)
-    pitch_range: float = 15.0      # degrees, novel cameras
     clothing_margin: float = 0.04  # metres past the body surface where novel-view alpha is free
     checkpoint_every: int = 100    # iterations between checkpoints (0: only at the end)
     seed: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
-class FitConfig:
+class AvatarFitConfig:
     name: str
     field: FieldConfig = FieldConfig()
     motion: MotionConfig = MotionConfig()
@@ -55,15 +55,17 @@ class FitConfig:
     stage_a: StageAConfig = StageAConfig()
     stage_b: StageBConfig = StageBConfig()
     losses: LossWeights = LossWeights()
-    part_sampling: bool = True
-    rotation_sampling: bool = True
+    # ELICIT's hybrid sampling of novel views (backend/avatar/sampling.py); `enabled=False`
+    # switches each half off for ablations
+    parts: PartSamplingConfig = dataclasses.field(default_factory=PartSamplingConfig)
+    rotations: RotationSamplingConfig = dataclasses.field(default_factory=RotationSamplingConfig)
     use_clip: bool = True
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "FitConfig":
+    def from_dict(cls, d: dict) -> "AvatarFitConfig":
         """A config read back from a file: every value type-checked, and the ones that size
         tensors range-checked (SIZE_LIMITS), before anything is allocated. ValueError if not."""
         def build(default, value, where):
@@ -77,7 +79,7 @@ class FitConfig:
         if not isinstance(d, dict) or d.get("name", "quick") not in PRESETS:
             raise ValueError(f"config: unknown preset {d.get('name') if isinstance(d, dict) else d!r}")
         defaults = PRESETS[d.get("name", "quick")]
-        cfg = build(defaults, d, "")
+        cfg = build(defaults, _upgraded(d), "")
         for (section, name), (lo, hi) in SIZE_LIMITS.items():
             value = getattr(getattr(cfg, section), name)
             if not lo <= value <= hi:
@@ -85,7 +87,27 @@ class FitConfig:
         return cfg
 
 
+def _upgraded(d: dict) -> dict:
+    """A config from a file written before the sampling settings were config sections
+    (two booleans and stage_b.pitch_range) in today's layout."""
+    d = dict(d)
+    stage_b = dict(d.get("stage_b") or {}) if isinstance(d.get("stage_b"), dict) else d.get("stage_b")
+    for old, section in (("part_sampling", "parts"), ("rotation_sampling", "rotations")):
+        if old in d and section not in d:
+            d[section] = {"enabled": d.pop(old)}
+    if isinstance(stage_b, dict) and "pitch_range" in stage_b:
+        pitch = stage_b.pop("pitch_range")
+        if isinstance(d.get("rotations"), dict):
+            d["rotations"] = {**d["rotations"], "max_pitch": pitch}
+        d["stage_b"] = stage_b
+    return d
+
+
 def _checked_value(default, value, where: str):
+    if isinstance(default, dict):
+        return _checked_table(value, where)
+    if isinstance(default, tuple) and not all(isinstance(v, (int, float)) for v in default):
+        return _checked_pairs(value, where)
     if isinstance(default, bool):
         ok = isinstance(value, bool)
     elif isinstance(default, int):
@@ -105,6 +127,37 @@ def _checked_value(default, value, where: str):
     return value
 
 
+MAX_TABLE = 64   # entries in a config table (parts x bins is 48)
+
+
+def _checked_table(value, where: str, depth: int = 0):
+    """A table of finite numbers (or of such tables, one level down) keyed by short names;
+    which names are valid is the config class's own check."""
+    if not isinstance(value, dict) or len(value) > MAX_TABLE:
+        raise ValueError(f"config {where.lstrip('.')}: expected a table of at most {MAX_TABLE} entries")
+    out = {}
+    for k, v in value.items():
+        if not isinstance(k, str) or len(k) > 64:
+            raise ValueError(f"config {where.lstrip('.')}: {k!r:.60} is not a valid name")
+        if isinstance(v, dict) and depth == 0:
+            out[k] = _checked_table(v, f"{where}.{k}", 1)
+        elif isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            out[k] = float(v)
+        else:
+            raise ValueError(f"config {where.lstrip('.')}.{k}: {v!r:.60} is not a finite number")
+    return out
+
+
+def _checked_pairs(value, where: str) -> tuple:
+    """A list of (name, name) pairs, e.g. rotation sampling's self targets."""
+    ok = isinstance(value, (list, tuple)) and len(value) <= MAX_TABLE and all(
+        isinstance(p, (list, tuple)) and len(p) == 2 and all(isinstance(n, str) and len(n) <= 64 for n in p)
+        for p in value)
+    if not ok:
+        raise ValueError(f"config {where.lstrip('.')}: expected a list of at most {MAX_TABLE} (name, name) pairs")
+    return tuple(tuple(p) for p in value)
+
+
 # Values in a config file that size tensors or loops: a file outside these cannot make a
 # process allocate or run without bound (the presets sit well inside).
 SIZE_LIMITS = {
@@ -121,12 +174,12 @@ SIZE_LIMITS = {
 }
 
 
-def quick() -> FitConfig:
-    return FitConfig(name="quick")
+def quick() -> AvatarFitConfig:
+    return AvatarFitConfig(name="quick")
 
 
-def full() -> FitConfig:
-    return FitConfig(
+def full() -> AvatarFitConfig:
+    return AvatarFitConfig(
         name="full",
         field=FieldConfig(voxel=0.008, channels=24, hidden=64, layers=2),
         render=RenderConfig(samples=64),
@@ -135,9 +188,9 @@ def full() -> FitConfig:
     )
 
 
-def tiny() -> FitConfig:
+def tiny() -> AvatarFitConfig:
     """For tests: seconds on a CPU."""
-    return FitConfig(
+    return AvatarFitConfig(
         name="tiny",
         field=FieldConfig(voxel=0.04, channels=8, hidden=32, layers=1),
         render=RenderConfig(samples=12),
@@ -151,7 +204,7 @@ def tiny() -> FitConfig:
 PRESETS = {"quick": quick(), "full": full(), "tiny": tiny()}
 
 
-def preset(name: str) -> FitConfig:
+def preset(name: str) -> AvatarFitConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     return PRESETS[name]

@@ -6,16 +6,15 @@ distance-transform-weighted edge loss against the body model's mask (0.01 each).
 LPIPS needs two sets of weights: its linear heads ship inside the `lpips` wheel, but the VGG16
 ImageNet backbone is normally downloaded by torchvision, which cannot happen here. We build
 LPIPS with a random backbone (no download) and load torchvision's `vgg16-397923af.pth` from a
-local file. Without that file the optimiser falls back to 1 - SSIM and says why.
+local file (found by pretrained.py). Without that file the optimiser falls back to 1 - SSIM
+and says why.
 
 Images are float in [0, 1]: colour (B, 3, H, W), masks and alpha (B, 1, H, W) or (B, H, W).
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import warnings
-import zipfile
 from pathlib import Path
 
 import cv2
@@ -23,11 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from backend.errors import AvatarError
+from backend.avatar.pretrained import LpipsUnavailable, find_vgg16, load_vgg16_backbone, read_vgg16_features
 
-VGG16_FILE = "vgg16-397923af.pth"      # torchvision's VGG16 ImageNet weights (IMAGENET1K_V1)
-VGG16_ENV = "AVATAR_VGG16_WEIGHTS"     # an explicit path to that file
-VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
 SSIM_C1 = 0.01 ** 2                    # Wang et al.'s constants for a data range of 1
 SSIM_C2 = 0.03 ** 2
 EDGE_TRUNCATE = 0.2                    # edge distances are capped at this fraction of the image side
@@ -107,31 +103,6 @@ def ssim_loss(pred: torch.Tensor, target: torch.Tensor, **kwargs) -> torch.Tenso
 
 # --------------------------------------------------------------------------- LPIPS-VGG
 
-@dataclasses.dataclass(frozen=True)
-class LpipsUnavailable:
-    """Why LPIPS could not be built (falsy, so `if not load_lpips(): ...` reads naturally)."""
-    reason: str
-    searched: tuple[str, ...]
-
-    def __bool__(self) -> bool:
-        return False
-
-    def __str__(self) -> str:
-        return self.reason
-
-
-def vgg16_candidates(weights_path: str | os.PathLike | None = None) -> list[Path]:
-    """Where the VGG16 weights are looked for, in order: the explicit path, $AVATAR_VGG16_WEIGHTS,
-    torch hub's checkpoint cache ($TORCH_HOME/hub/checkpoints, default ~/.cache/torch/...)."""
-    if weights_path is not None:
-        return [Path(weights_path).expanduser()]
-    found = []
-    if os.environ.get(VGG16_ENV):
-        found.append(Path(os.environ[VGG16_ENV]).expanduser())
-    found.append(Path(torch.hub.get_dir()) / "checkpoints" / VGG16_FILE)
-    return found
-
-
 class LpipsLoss(torch.nn.Module):
     """Frozen LPIPS-VGG: images in [0, 1] (B, 3, H, W) -> scalar mean distance. Gradients flow
     to the inputs only; the network stays in eval mode (its heads contain dropout)."""
@@ -155,66 +126,17 @@ class LpipsLoss(torch.nn.Module):
         return self.net(pred, target, normalize=True).mean()  # normalize: [0, 1] -> [-1, 1]
 
 
-def _read_vgg16_features(path: Path) -> dict[str, torch.Tensor]:
-    """The `features.N.weight/bias` tensors of a torchvision VGG16 state dict (classifier
-    keys, if present, are ignored)."""
-    try:
-        # the 528 MB file is mostly classifier: map it lazily when the format allows
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user problem
-        raise AvatarError(f"cannot read the VGG16 weights file {path}: {type(exc).__name__}: {exc}; "
-                          f"replace it with torchvision's {VGG16_FILE} ({VGG16_URL})") from exc
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise AvatarError(f"the VGG16 weights file {path} holds a {type(state).__name__}, not a state dict; "
-                          f"expected torchvision's {VGG16_FILE} ({VGG16_URL})")
-    return {k[len("features."):]: v for k, v in state.items()
-            if isinstance(k, str) and k.startswith("features.") and isinstance(v, torch.Tensor)}
-
-
-def _load_backbone(net: torch.nn.Module, features: dict[str, torch.Tensor], path: Path) -> None:
-    """Copy torchvision's `features.N.*` into lpips' backbone, which keeps torchvision's layer
-    index N as the module name inside its slices (slice1.0, slice1.2, slice2.5, ...)."""
-    missing, bad_shape = [], []
-    with torch.no_grad():
-        for name, param in net.named_parameters():
-            _, index_and_kind = name.split(".", 1)  # "slice2.5.weight" -> "5.weight"
-            src = features.get(index_and_kind)
-            if src is None:
-                missing.append(f"features.{index_and_kind}")
-            elif src.shape != param.shape:
-                bad_shape.append(f"features.{index_and_kind} {tuple(src.shape)} != {tuple(param.shape)}")
-            else:
-                param.copy_(src.to(param.dtype))
-    if missing or bad_shape:
-        problems = "; ".join(filter(None, [
-            f"missing {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}" if missing else "",
-            f"wrong shapes {', '.join(bad_shape[:4])}" if bad_shape else ""]))
-        raise AvatarError(f"the VGG16 weights file {path} is not torchvision's VGG16 ({problems}); "
-                          f"expected {VGG16_FILE} ({VGG16_URL})")
-
-
 def load_lpips(weights_path: str | os.PathLike | None = None, device: str | torch.device = "cpu"
                ) -> "LpipsLoss | LpipsUnavailable":
-    """LPIPS-VGG with the backbone from a local torchvision VGG16 file (see vgg16_candidates).
+    """LPIPS-VGG with the backbone from a local torchvision VGG16 file (pretrained.find_vgg16).
 
     A missing file gives an LpipsUnavailable (falsy, with the reason) so the caller can fall
     back to SSIM and say why; a file that is present but unreadable or not VGG16 raises
     AvatarError naming it."""
-    candidates = vgg16_candidates(weights_path)
-    if weights_path is not None and not candidates[0].is_file():
-        # a file the user named explicitly must exist: silently fitting without it would surprise
-        raise AvatarError(f"the VGG16 weights file {candidates[0]} given for LPIPS does not exist "
-                          f"(it is torchvision's {VGG16_FILE}, {VGG16_URL})")
-    path = next((p for p in candidates if p.is_file()), None)
-    if path is None:
-        where = ", ".join(str(p) for p in candidates)
-        return LpipsUnavailable(
-            f"LPIPS-VGG unavailable: no VGG16 weights at {where}; download {VGG16_URL} and put it "
-            f"there or point ${VGG16_ENV} at it (falling back to 1 - SSIM)",
-            tuple(str(p) for p in candidates))
-    features = _read_vgg16_features(path)  # before building: an unreadable file fails fast
+    path = find_vgg16(weights_path)
+    if not path:
+        return path
+    features = read_vgg16_features(path)  # before building: an unreadable file fails fast
     import lpips  # deferred: pulls in torchvision
 
     with warnings.catch_warnings():
@@ -223,7 +145,7 @@ def load_lpips(weights_path: str | os.PathLike | None = None, device: str | torc
         # from the wheel (lpips/weights/v0.1/vgg.pth).
         warnings.simplefilter("ignore", UserWarning)
         model = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False)
-    _load_backbone(model.net, features, path)
+    load_vgg16_backbone(model.net, features, path)
     return LpipsLoss(model, path).to(device)
 
 

@@ -19,13 +19,12 @@ import torch
 import torch.nn.functional as F
 
 from backend.avatar import losses as L
-from backend.avatar.config import FitConfig
-from backend.avatar.model import Avatar
-from backend.avatar.sampling import (PartSamplingConfig, RotationSamplingConfig, body_box, body_facing_yaw,
-                                     body_up, crop_box, crop_resize, draw_part, orbit_camera, relative_yaw,
-                                     resolve_part, sample_novel_view)
+from backend.avatar.avatar import Avatar
+from backend.avatar.config import AvatarFitConfig
+from backend.avatar.sampling import body_box, crop_box, crop_resize, draw_part, resolve_part, sample_novel_view
 from backend.render.raster import camera_tensors, part_boxes, project
 from shared.camera import PinholeCamera
+from shared.orbit import body_facing_yaw, body_up, orbit_camera, relative_yaw
 from shared.smpl import NUM_PARTS, PART_INDEX
 
 
@@ -57,7 +56,7 @@ def make_photo_target(photo: np.ndarray, mask: np.ndarray, camera: PinholeCamera
                        np.asarray(transl, np.float32))
 
 
-def make_optimiser(avatar: Avatar, cfg: FitConfig) -> torch.optim.Optimizer:
+def make_optimiser(avatar: Avatar, cfg: AvatarFitConfig) -> torch.optim.Optimizer:
     groups = [{"params": list(avatar.field.parameters()), "lr": cfg.stage_b.lr_canonical}]
     motion = avatar.motion_parameters()
     if motion:
@@ -65,7 +64,7 @@ def make_optimiser(avatar: Avatar, cfg: FitConfig) -> torch.optim.Optimizer:
     return torch.optim.Adam(groups)
 
 
-def new_state(avatar: Avatar, cfg: FitConfig) -> FitState:
+def new_state(avatar: Avatar, cfg: AvatarFitConfig) -> FitState:
     seed = cfg.stage_b.seed
     return FitState(0, make_optimiser(avatar, cfg), np.random.default_rng(seed),
                     torch.Generator(device="cpu").manual_seed(seed), [])
@@ -74,12 +73,11 @@ def new_state(avatar: Avatar, cfg: FitConfig) -> FitState:
 class StageB:
     """One fit's moving parts; `step()` runs one iteration and returns its losses."""
 
-    def __init__(self, avatar: Avatar, target: PhotoTarget, cfg: FitConfig, clip=None, lpips=None,
+    def __init__(self, avatar: Avatar, target: PhotoTarget, cfg: AvatarFitConfig, clip=None, lpips=None,
                  prompt: str | None = None):
         self.avatar, self.target, self.cfg = avatar, target, cfg
         self.clip, self.lpips, self.prompt = clip, lpips, (prompt or None)
-        self.parts = PartSamplingConfig(enabled=cfg.part_sampling)
-        self.rotations = RotationSamplingConfig(enabled=cfg.rotation_sampling, max_pitch=cfg.stage_b.pitch_range)
+        self.parts, self.rotations = cfg.parts, cfg.rotations
         self.bg = torch.tensor(cfg.render.background, dtype=torch.float32, device=avatar.device)
         with torch.no_grad():
             _, _, verts = avatar.posed(target.pose, target.transl, correct=False)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
-from backend.body.model import BodyModel
+from backend.body.body_model import BodyModel
 from backend.render.raster import camera_tensors, project, rasterize
 from shared.camera import PinholeCamera
 

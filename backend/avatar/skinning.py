@@ -10,6 +10,7 @@ surface the ray hits) is enough for points within a few centimetres of the body.
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -17,7 +18,10 @@ import torch.nn.functional as F
 from scipy.spatial import cKDTree
 
 from backend.avatar.field import positional_encoding, to_unit_box
-from shared.smpl import NUM_JOINTS
+from shared.smpl import NUM_JOINTS, PARENTS
+
+if TYPE_CHECKING:
+    from backend.body.body_model import BodyModel
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,3 +120,38 @@ class NonRigidOffsets(torch.nn.Module):
         enc = positional_encoding(to_unit_box(points, self.box_min, self.box_max), self.frequencies)
         code = pose[:, 3:].expand(points.shape[0], -1).to(enc.dtype)
         return points + self.net(torch.cat([enc, code], -1))
+
+
+def bone_segments(body: BodyModel, betas) -> tuple[torch.Tensor, ...]:
+    """The rest skeleton as segments for `nearest_bone_weights`: each end a rest point and the
+    joint whose transform moves it, and the joint owning the segment (a bone from parent p to
+    child j moves with p; leaves (head, feet, hands) get a short bone of their own, extending
+    the one before them)."""
+    with torch.no_grad():
+        rest = body.rest(torch.as_tensor(np.asarray(betas, np.float32)).reshape(1, -1)
+                         .to(body.smpl.v_template.device))[1][0].cpu()
+    a, a_by, b, b_by, owner = [], [], [], [], []
+    for j, p in enumerate(PARENTS):
+        if p >= 0:
+            a.append(rest[p]), a_by.append(p), b.append(rest[j]), b_by.append(j), owner.append(p)
+        if j not in PARENTS:
+            a.append(rest[j]), a_by.append(j), owner.append(j), b_by.append(j)
+            b.append(rest[j] + 0.5 * (rest[j] - rest[PARENTS[j]]))
+    as_long = lambda v: torch.tensor(v, dtype=torch.long)  # noqa: E731
+    return torch.stack(a), as_long(a_by), torch.stack(b), as_long(b_by), as_long(owner)
+
+
+def nearest_bone_weights(points: torch.Tensor, transforms: torch.Tensor, a_rest, a_by, b_rest, b_by,
+                         owner) -> torch.Tensor:
+    """One-hot skinning weights (N, 24): the owner of the posed bone nearest each point."""
+    dev = points.device
+
+    def posed(rest, by):
+        T = transforms[by.to(dev)]
+        return (T[:, :3, :3] @ rest.to(dev, points.dtype)[..., None])[..., 0] + T[:, :3, 3]
+    a, b = posed(a_rest, a_by), posed(b_rest, b_by)
+    ab = b - a
+    rel = points[:, None, :] - a
+    t = ((rel * ab).sum(-1) / (ab * ab).sum(-1).clamp(min=1e-9)).clamp(0, 1)
+    d = (rel - t[..., None] * ab).pow(2).sum(-1)
+    return torch.nn.functional.one_hot(owner.to(dev)[d.argmin(1)], transforms.shape[0]).to(points.dtype)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
-from backend.avatar.model import Avatar
+from backend.avatar.avatar import Avatar
 from backend.avatar.photo_colours import vertex_normals
 
 

@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from backend.body.model import BodyModel
+from backend.body.body_model import BodyModel
 from backend.render.raster import camera_tensors, hard_silhouette, soft_silhouette
 from shared.camera import PinholeCamera
 from shared.smpl import JOINT_INDEX
@@ -32,7 +32,7 @@ class FitStage:
 
 
 @dataclasses.dataclass(frozen=True)
-class FitConfig:
+class BodyFitConfig:
     stages: tuple[FitStage, ...]
     pose_prior: float = 1e-3      # keeps the body pose near the given one (an artist's intent)
     # ... and with landmark guides, near the start they vouch for: 3e-2 against 1e-3 stopped the
@@ -55,7 +55,7 @@ class FitConfig:
     free_turn_deg: float = 10.0
 
     @classmethod
-    def preset(cls, name: str) -> "FitConfig":
+    def preset(cls, name: str) -> "BodyFitConfig":
         try:
             return FIT_PRESETS[name]
         except KeyError:
@@ -63,12 +63,12 @@ class FitConfig:
 
 
 FIT_PRESETS = {
-    "quick": FitConfig(stages=(
+    "quick": BodyFitConfig(stages=(
         FitStage(64, 60, 0.03, optimise_pose=False, optimise_shape=False),
         FitStage(128, 100, 0.02, optimise_pose=True, optimise_shape=True),
         FitStage(192, 60, 0.008, optimise_pose=True, optimise_shape=True),
     )),
-    "full": FitConfig(stages=(
+    "full": BodyFitConfig(stages=(
         FitStage(64, 100, 0.03, optimise_pose=False, optimise_shape=False),
         FitStage(128, 200, 0.02, optimise_pose=True, optimise_shape=True),
         FitStage(256, 150, 0.008, optimise_pose=True, optimise_shape=True),
@@ -144,7 +144,7 @@ def _rotation_angle(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.acos(cos)
 
 
-def guide_loss(joints: torch.Tensor, global_orient, guides, camera: PinholeCamera, config: "FitConfig",
+def guide_loss(joints: torch.Tensor, global_orient, guides, camera: PinholeCamera, config: "BodyFitConfig",
                global_orient0) -> torch.Tensor:
     """The landmark terms (keypoint reprojection, bone directions, orientation bound); joints (24, 3)."""
     from backend.estimate.body_init import direction_loss, keypoint_loss
@@ -156,12 +156,12 @@ def guide_loss(joints: torch.Tensor, global_orient, guides, camera: PinholeCamer
 
 
 def fit_body_to_mask(body: BodyModel, mask: np.ndarray, camera: PinholeCamera, pose0, betas0=None,
-                     transl0=None, config: FitConfig | None = None,
+                     transl0=None, config: BodyFitConfig | None = None,
                      progress: Callable[[dict], None] | None = None, guides=None) -> FitResult:
     """Optimise global orientation, translation, body pose and shape to the mask (H, W) in [0, 1].
     `guides` (backend.estimate.body_init.PoseGuides for this camera) add the landmark terms of
-    FitConfig, so overlap is never bought with a wrong 3D pose."""
-    config = config or FitConfig.preset("quick")
+    BodyFitConfig, so overlap is never bought with a wrong 3D pose."""
+    config = config or BodyFitConfig.preset("quick")
     if mask.shape != (camera.height, camera.width):
         raise ValueError(f"mask is {mask.shape[1]}x{mask.shape[0]} but the camera is {camera.width}x{camera.height}")
     dtype = torch.float32

@@ -21,8 +21,8 @@ import dataclasses
 import numpy as np
 import torch
 
+from backend.body.body_model import BodyModel
 from backend.body.fitting import joint_limit_penalty
-from backend.body.model import BodyModel
 from backend.estimate.person import LANDMARKS, VISIBLE, PersonEstimate
 from shared.camera import PinholeCamera
 from shared.smpl import JOINT_INDEX as J

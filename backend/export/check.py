@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from backend.avatar.model import Avatar
+from backend.avatar.avatar import Avatar
 from backend.render.raster import camera_tensors, rasterize
 from shared.camera import PinholeCamera
 

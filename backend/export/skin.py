@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from backend.avatar.model import Avatar
+from backend.avatar.avatar import Avatar
 
 
 @torch.no_grad()

@@ -17,7 +17,7 @@ import torch
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from backend.avatar.model import Avatar
+from backend.avatar.avatar import Avatar
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,8 +77,8 @@ def orient_outwards(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
 
 def extract_surface(avatar: Avatar, cfg: SurfaceConfig = SurfaceConfig()) -> tuple[np.ndarray, np.ndarray]:
     """Rest-pose vertices (V, 3) float32 in the canonical (SMPL) frame and faces (F, 3) int32."""
-    from skimage.measure import marching_cubes
     import fast_simplification
+    from skimage.measure import marching_cubes
 
     density, origin = density_grid(avatar, cfg)
     inside = solid_occupancy(density, cfg.iso, cfg.min_component, cfg.opening)

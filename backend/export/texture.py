@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from backend.avatar.model import Avatar
+from backend.avatar.avatar import Avatar
 from backend.avatar.skinning import blend
 from backend.render.raster import rasterize
 

@@ -277,14 +277,6 @@ def hard_silhouette(vertices, faces, K, R, t, height: int, width: int) -> torch.
     return rasterize(vertices, faces, K, R, t, height, width)[0] >= 0
 
 
-def part_masks(face_index: torch.Tensor, face_parts: torch.Tensor, num_parts: int) -> torch.Tensor:
-    """Visible region of each part: (B, num_parts, H, W) bool from a face-index image."""
-    covered = face_index >= 0
-    parts = face_parts[face_index.clamp(min=0)]
-    onehot = torch.arange(num_parts, device=face_index.device)[None, :, None, None] == parts[:, None]
-    return onehot & covered[:, None]
-
-
 def part_boxes(uv: torch.Tensor, vertex_parts: torch.Tensor, num_parts: int, height: int, width: int,
                visible_mask: torch.Tensor | None = None, min_size: float = 8.0):
     """Each part's box (x0, y0, x1, y1) in pixels, from its projected body vertices (as ELICIT

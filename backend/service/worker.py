@@ -79,7 +79,7 @@ class Worker(threading.Thread):
     def __init__(self, ctx: zmq.Context, outbox: str, store: AvatarStore, device: str = "auto",
                  preview_every: int = 25, limits: WorkerLimits = WorkerLimits()):
         super().__init__(name="avatar-worker", daemon=True)
-        from backend.avatar_fit_job import resolve_device
+        from backend.jobs.avatar_fit import resolve_device
 
         self.ctx, self.outbox_address, self.store = ctx, outbox, store
         self.device = resolve_device(device)
@@ -281,7 +281,7 @@ class Worker(threading.Thread):
 
     # ------------------------------------------------------------------ fits
     def _clip_spec(self):
-        from backend.avatar.clip_prior import ClipError, ClipSpec, resolve_weights
+        from backend.avatar.pretrained import ClipError, ClipSpec, resolve_weights
 
         spec = ClipSpec()
         try:
@@ -291,7 +291,7 @@ class Worker(threading.Thread):
         return spec
 
     def _fit(self, job: FitJob) -> None:
-        from backend.avatar_fit_job import run_avatar_fit
+        from backend.jobs.avatar_fit import run_avatar_fit
 
         meta = self.store.job(job.avatar_id)
         inputs = self.store.inputs(job.avatar_id)
@@ -412,7 +412,7 @@ class Worker(threading.Thread):
         An avatar file names its body, but a file in the store must never make the server open
         a path it names (a hostile SMPL 'file')."""
         if str(device) not in self._bodies:
-            from backend.body.model import load_open_body
+            from backend.body.body_model import load_open_body
 
             self._bodies[str(device)] = load_open_body()
         return self._bodies[str(device)]
@@ -457,9 +457,9 @@ class Worker(threading.Thread):
         self._send(req.identity, "frame", {"index": 0, "seconds": seconds}, frames, id=req.request_id)
 
     def _export(self, req: RenderRequest) -> None:
-        from backend.avatar_export_job import ExportConfig, bake
         from backend.errors import InputError
         from backend.export.gltf import to_glb
+        from backend.jobs.avatar_export import ExportConfig, bake
 
         rec = self._avatar(req.avatar)
         if rec.stage != "done":
@@ -570,6 +570,6 @@ def _proxy(avatar) -> dict:
 
 
 def _no_clip_warning() -> str:
-    from backend.avatar_fit_job import NO_CLIP_WARNING
+    from backend.jobs.avatar_fit import NO_CLIP_WARNING
 
     return NO_CLIP_WARNING

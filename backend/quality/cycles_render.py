@@ -2,8 +2,8 @@
 
 The ground truth of the quality benchmark must come from a renderer that shares no code with
 ours, so the subject's mesh, its per-vertex appearance attributes and the cameras are written
-to a job file by backend/benchmark/subjects.py and rendered here by Cycles in a separate
-process: `python -m backend.benchmark.cycles_render JOB.npz OUT_DIR`.
+to a job file by backend/quality/subjects.py and rendered here by Cycles in a separate
+process: `python -m backend.quality.cycles_render JOB.npz OUT_DIR`.
 
 Appearance is unlit (an emission shader) with the shading baked per vertex by the generator
 (`shade`), so every view of a pose sees the same radiance, as a diffuse surface under a fixed
@@ -244,7 +244,7 @@ def _render_views(scene, obj, cam_obj, cams, views, verts, pose_index, out_dir: 
 
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
-        print("usage: python -m backend.benchmark.cycles_render JOB.npz OUT_DIR", file=sys.stderr)
+        print("usage: python -m backend.quality.cycles_render JOB.npz OUT_DIR", file=sys.stderr)
         return 2
     render_job(Path(argv[0]), Path(argv[1]))
     return 0

@@ -14,10 +14,10 @@ import torch
 from PIL import Image
 
 from backend.avatar.avatar_file import load_avatar
-from backend.avatar.sampling import body_up, orbit_from_camera
 from backend.errors import InputError
-from backend.render.exr import openexr, write_rgbaz   # OpenEXR itself is imported only when used
+from backend.render.exr import openexr, write_rgbaz  # OpenEXR itself is imported only when used
 from shared.camera import MAX_IMAGE_SIDE, PinholeCamera
+from shared.orbit import body_up, orbit_from_camera
 from shared.smpl import POSE_DIM
 
 

@@ -16,13 +16,14 @@ from typing import Callable
 import numpy as np
 import torch
 
+from backend.avatar.avatar import Avatar
 from backend.avatar.avatar_file import AvatarRecord, load_avatar, save_avatar
-from backend.avatar.config import FitConfig, preset as config_preset
-from backend.avatar.model import Avatar
+from backend.avatar.config import AvatarFitConfig
+from backend.avatar.config import preset as config_preset
 from backend.avatar.optimiser import StageB, make_photo_target, new_state, run_stage_b
 from backend.avatar.photo_colours import photo_vertex_colours
 from backend.avatar.stage_a import run_stage_a
-from backend.body.model import BodyModel, load_body_model
+from backend.body.body_model import BodyModel, load_body_model
 from backend.errors import AvatarError
 
 NO_CLIP_WARNING = ("WARNING: fitted WITHOUT the CLIP semantic prior (no CLIP weights); unseen sides "
@@ -47,11 +48,11 @@ def _digest(arrays, *texts: str, salt: bytes = b"") -> str:
     return h.hexdigest()[:16]
 
 
-def _input_key(photo: np.ndarray, mask: np.ndarray, pose, betas, transl, cfg: FitConfig, prompt) -> str:
+def _input_key(photo: np.ndarray, mask: np.ndarray, pose, betas, transl, cfg: AvatarFitConfig, prompt) -> str:
     return _digest((photo, mask, pose, betas, transl), json.dumps(cfg.to_dict(), sort_keys=True), prompt or "")
 
 
-def _job_key(given, body_spec: str, cfg: FitConfig, prompt) -> str:
+def _job_key(given, body_spec: str, cfg: AvatarFitConfig, prompt) -> str:
     """What a fit with the body fit is made from: the user's inputs (not the fitted body, which
     GrabCut, the estimator or a GPU may not reproduce bit for bit)."""
     arrays = [given.image, given.mask, given.camera.K, given.camera.R, given.camera.t]
@@ -95,7 +96,7 @@ def resolve_device(device: str | None) -> torch.device:
     return dev
 
 
-def load_priors(cfg: FitConfig, clip_spec, lpips_weights, device, log):
+def load_priors(cfg: AvatarFitConfig, clip_spec, lpips_weights, device, log):
     """CLIP (or None, with the warning) and LPIPS (or None, falling back to SSIM)."""
     from backend.avatar.losses import load_lpips
 
@@ -117,7 +118,7 @@ def load_priors(cfg: FitConfig, clip_spec, lpips_weights, device, log):
 
 
 def fit_avatar(body: BodyModel, photo: np.ndarray, mask: np.ndarray, camera, pose, betas, transl,
-               out_path: Path, cfg: FitConfig, *, body_spec: str = "open_body", clip=None, lpips=None,
+               out_path: Path, cfg: AvatarFitConfig, *, body_spec: str = "open_body", clip=None, lpips=None,
                prompt: str | None = None, warnings=(), device="cpu", resume: bool = True,
                log: Callable[[str], None] = print, progress: Callable[[dict], None] | None = None,
                on_step: Callable[[StageB, dict], None] | None = None,
@@ -219,8 +220,8 @@ def run_avatar_fit(photo=None, mask=None, params=None, elicit_dir=None, body_spe
                    device=None, fit_body=True, resume=True, log=print, progress=None, on_step=None,
                    camera=None) -> AvatarFitResult:
     """The whole job from files. clip_spec None: no semantic prior (warned in every output)."""
-    from backend.body_fit_job import run_body_fit
     from backend.inputs import betas_for_body, load_fit_inputs
+    from backend.jobs.body_fit import run_body_fit
 
     cfg = config_preset(preset)
     dev = resolve_device(device)
@@ -243,7 +244,7 @@ def run_avatar_fit(photo=None, mask=None, params=None, elicit_dir=None, body_spe
             inputs, mask_img = fitted.inputs, fitted.mask
             pose, betas, transl = fitted.fit.pose, fitted.fit.betas, fitted.fit.transl
     elif params is None and elicit_dir is None:   # photo only, unrefined: the landmarks' body and mask
-        from backend.body_fit_job import start_body
+        from backend.jobs.body_fit import start_body
 
         inputs = load_fit_inputs(photo=photo, mask=mask, camera=camera)
         start = start_body(inputs, body, log)

@@ -24,14 +24,14 @@ import torch
 
 from backend.avatar.config import preset as fit_preset
 from backend.avatar.metrics import boxed_metrics, semi_transparent_fraction
-from backend.avatar.sampling import body_up, orbit_from_camera
-from backend.benchmark import report
-from backend.benchmark.measure import PeakMemory, Stopwatch, machine
-from backend.benchmark.methods import Method, body_source, select
-from backend.benchmark.projection import ProjectionBaseline
-from backend.benchmark.subjects import HELD_OUT_YAWS, NOVEL_POSE_YAWS, Subject, ensure_subjects
+from backend.body.body_model import BodyModel, load_body_model
 from backend.body.fitting import joint_error_mm
-from backend.body.model import BodyModel, load_body_model
+from backend.quality import report
+from backend.quality.measure import PeakMemory, Stopwatch, machine
+from backend.quality.methods import Method, body_source, select
+from backend.quality.projection import ProjectionBaseline
+from backend.quality.subjects import HELD_OUT_YAWS, NOVEL_POSE_YAWS, Subject, ensure_subjects
+from shared.orbit import body_up, orbit_from_camera
 
 WHITE = (1.0, 1.0, 1.0)
 
@@ -118,8 +118,8 @@ def fit_subject_body(subject: Subject, body: BodyModel, size: BenchmarkSize, wor
     """The body fit a method starts from: "fitted" from the rough parameters and the true mask
     (ELICIT's inputs), or "photo" from the photo alone (landmarks and the estimated mask; the
     subject's true lens, as a photo's EXIF would give it)."""
-    from backend.body_fit_job import run_body_fit
     from backend.inputs import load_elicit_folder
+    from backend.jobs.body_fit import run_body_fit
 
     with Stopwatch() as sw:
         if source == "photo":
@@ -143,7 +143,7 @@ def run_method(method: Method, subject: Subject, body_fit, start: StartBody, bod
     """One method on one subject: {'status', 'fit_seconds', 'eval_seconds', 'peak_memory_mb',
     'views'} and the renders. `fitted_avatars`: this subject's avatars by method name, filled
     here (the exported-mesh row bakes the full method's rather than fitting it again)."""
-    from backend.avatar_fit_job import fit_avatar
+    from backend.jobs.avatar_fit import fit_avatar
 
     if method.needs_clip and clip is None:
         return {"status": "skipped: no CLIP weights on this machine (docs/clip.md)"}, {}
@@ -157,9 +157,9 @@ def run_method(method: Method, subject: Subject, body_fit, start: StartBody, bod
                                            start.pose, start.betas, start.transl)
                 renderer = lambda cam, pose, transl: (model.render(cam, pose, transl), None)  # noqa: E731
             elif method.kind == "export":
-                from backend.avatar_export_job import ExportConfig
-                from backend.benchmark.exported import ExportedMeshRenderer
-                from backend.benchmark.methods import BY_NAME
+                from backend.jobs.avatar_export import ExportConfig
+                from backend.quality.exported import ExportedMeshRenderer
+                from backend.quality.methods import BY_NAME
 
                 source = fitted_avatars.get(method.source)
                 if source is None:
@@ -198,7 +198,7 @@ def run_benchmark(size_name: str = "quick", out_dir: Path = Path("out/benchmark"
     the full method also runs on the other one. `resume`: keep the subjects an earlier run with
     the same settings already finished in out_dir. `keep_avatars`: keep each method's .avatar
     file under out_dir/work (else deleted once measured)."""
-    from backend.avatar_fit_job import load_priors, resolve_device
+    from backend.jobs.avatar_fit import load_priors, resolve_device
 
     t0 = time.perf_counter()
     size = SIZES[size_name]

@@ -28,13 +28,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from backend.avatar.sampling import body_up, orbit_from_camera, view_bin
 from backend.avatar.photo_colours import vertex_normals
-from backend.body.model import BodyModel
-from backend.demo_job import novel_poses
+from backend.body.body_model import BodyModel
 from backend.inputs import BodyParams, write_params_json
-from backend.sample_subject import DISTANCE, FOCAL, frame_body, rough_estimate, subject_pose, textured_background
+from backend.jobs.demo import novel_poses
+from backend.jobs.sample_subject import DISTANCE, FOCAL, frame_body, rough_estimate, subject_pose, textured_background
 from shared.camera import PinholeCamera
+from shared.orbit import body_up, orbit_from_camera, view_bin
 from shared.smpl import JOINT_INDEX, PART_INDEX
 
 GENERATOR_VERSION = 1
@@ -99,7 +99,7 @@ class SubjectSpec:
 @dataclasses.dataclass(frozen=True)
 class View:
     name: str
-    pose_name: str   # "input" or one of demo_job.novel_poses
+    pose_name: str   # "input" or one of jobs.demo.novel_poses
     yaw: float       # degrees about the body's axis from the input camera
     bin: str         # input / front / left / right / back / novel pose
     camera: PinholeCamera
@@ -243,7 +243,7 @@ def render_with_cycles(job: Path, out_dir: Path, log=print) -> None:
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    proc = subprocess.run([sys.executable, "-m", "backend.benchmark.cycles_render", str(job), str(out_dir)],
+    proc = subprocess.run([sys.executable, "-m", "backend.quality.cycles_render", str(job), str(out_dir)],
                           capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-20:])

@@ -10,9 +10,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from backend.body.fitting import FitConfig, FitResult, fit_body_to_mask, silhouette_iou, wrap_angles
+from backend.body.body_model import BodyModel, load_body_model
+from backend.body.fitting import BodyFitConfig, FitResult, fit_body_to_mask, silhouette_iou, wrap_angles
 from backend.body.grabcut import grabcut_mask, sharpen_person_mask
-from backend.body.model import BodyModel, load_body_model
 from backend.inputs import BodyParams, FitInputs, betas_for_body, load_fit_inputs, write_params_json
 from backend.render.raster import camera_tensors, hard_silhouette
 from shared.camera import PinholeCamera
@@ -126,7 +126,7 @@ def run_body_fit(photo=None, mask=None, params=None, elicit_dir=None, body_spec=
     out_dir.mkdir(parents=True, exist_ok=True)
 
     before = body_silhouette(body, pose0, betas0, transl0, inputs.camera)
-    config = FitConfig.preset(preset)
+    config = BodyFitConfig.preset(preset)
     total = sum(s.iterations for s in config.stages)
 
     def progress(rec):

@@ -1,7 +1,7 @@
 """The main job on the built-in default subject: photo -> avatar -> turntable, novel poses and
 metrics against held-out views the fit never saw.
 
-The subject (backend/sample_subject.py) is generated on first use; its true parameters give
+The subject (backend/jobs/sample_subject.py) is generated on first use; its true parameters give
 ground-truth renders from 8 directions around the body and in new poses, lit as the photo is.
 """
 from __future__ import annotations
@@ -15,10 +15,10 @@ import torch
 from PIL import Image
 
 from backend.avatar.metrics import boxed_metrics
-from backend.avatar.sampling import body_up, orbit_from_camera, view_bin
-from backend.body.model import BodyModel
-from backend.sample_subject import render_flat
+from backend.body.body_model import BodyModel
+from backend.jobs.sample_subject import render_flat
 from shared.camera import PinholeCamera
+from shared.orbit import body_up, orbit_from_camera, view_bin
 from shared.smpl import JOINT_INDEX
 
 HELD_OUT_YAWS = (0, 45, 90, 135, 180, 225, 270, 315)  # degrees from the body's front
@@ -101,8 +101,8 @@ def format_table(metrics: dict) -> str:
 def run_demo(sample: Path, out_dir: Path, body: BodyModel, preset: str = "quick", clip_spec=None,
              lpips_weights=None, device=None, log=print):
     """Returns (metrics, AvatarFitResult)."""
-    from backend.avatar_fit_job import resolve_device, run_avatar_fit
-    from backend.avatar_render_job import render_avatar
+    from backend.jobs.avatar_fit import resolve_device, run_avatar_fit
+    from backend.jobs.avatar_render import render_avatar
     from backend.progress import ProgressPrinter
 
     start = time.perf_counter()

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from backend.avatar.photo_colours import photo_vertex_colours
-from backend.body.model import BodyModel
+from backend.body.body_model import BodyModel
 from backend.render.raster import camera_tensors, rasterize
 from shared.camera import PinholeCamera
 

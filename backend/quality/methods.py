@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
-from backend.avatar.config import FitConfig, LossWeights, StageBConfig
+from backend.avatar.config import AvatarFitConfig, LossWeights, StageBConfig
 from backend.errors import AvatarError
 
 
@@ -24,18 +24,18 @@ class Method:
     use_prompt: bool = True         # CLIP text guidance with the subject's description
     body: str | None = None         # "true" / "fitted" / "photo" body parameters; None: the run's choice
     default: bool = True            # in a run that names no methods
-    change: Callable[[FitConfig], FitConfig] = lambda cfg: cfg
+    change: Callable[[AvatarFitConfig], AvatarFitConfig] = lambda cfg: cfg
 
 
-def _losses(cfg: FitConfig, **weights) -> FitConfig:
+def _losses(cfg: AvatarFitConfig, **weights) -> AvatarFitConfig:
     return dataclasses.replace(cfg, losses=dataclasses.replace(cfg.losses, **weights))
 
 
-def _photo_colour(cfg: FitConfig, on: bool) -> FitConfig:
+def _photo_colour(cfg: AvatarFitConfig, on: bool) -> AvatarFitConfig:
     return dataclasses.replace(cfg, stage_a=dataclasses.replace(cfg.stage_a, photo_colour=on))
 
 
-def _reconstruction_only(cfg: FitConfig) -> FitConfig:
+def _reconstruction_only(cfg: AvatarFitConfig) -> AvatarFitConfig:
     """HumanNeRF on one image: the body model still poses and bounds the field (as HumanNeRF's
     SMPL does), but the field starts blank (no stage A) and only the photo supervises it."""
     stage_b: StageBConfig = dataclasses.replace(cfg.stage_b, input_view_prob=1.0)
@@ -44,7 +44,8 @@ def _reconstruction_only(cfg: FitConfig) -> FitConfig:
                                losses=dataclasses.replace(no_priors, lpips=cfg.losses.lpips, mse=cfg.losses.mse,
                                                           ssim=cfg.losses.ssim, input_alpha=cfg.losses.input_alpha,
                                                           smoothness=cfg.losses.smoothness),
-                               part_sampling=False, rotation_sampling=False, use_clip=False)
+                               parts=dataclasses.replace(cfg.parts, enabled=False),
+                               rotations=dataclasses.replace(cfg.rotations, enabled=False), use_clip=False)
 
 
 METHODS = (
@@ -59,9 +60,9 @@ METHODS = (
     Method("no_silhouette", "w/o silhouette loss", "the SMPL soft-silhouette loss off (edge and outside losses kept)",
            change=lambda c: _losses(c, silhouette=0.0)),
     Method("no_part_sampling", "w/o part-aware sampling", "novel views always of the whole body",
-           change=lambda c: dataclasses.replace(c, part_sampling=False)),
+           change=lambda c: dataclasses.replace(c, parts=dataclasses.replace(c.parts, enabled=False))),
     Method("no_rotation_sampling", "w/o rotation-aware sampling", "novel-view directions uniform around the body",
-           change=lambda c: dataclasses.replace(c, rotation_sampling=False)),
+           change=lambda c: dataclasses.replace(c, rotations=dataclasses.replace(c.rotations, enabled=False))),
     Method("no_clip", "w/o CLIP", "no semantic prior", needs_clip=True,
            change=lambda c: dataclasses.replace(c, use_clip=False)),
     Method("no_clip_text", "w/o CLIP text", "CLIP image loss only, no prompt", needs_clip=True, use_prompt=False),

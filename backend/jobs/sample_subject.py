@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from backend.body.model import BodyModel
+from backend.body.body_model import BodyModel
 from backend.render.raster import camera_tensors, rasterize
 from shared.camera import PinholeCamera
 from shared.smpl import JOINT_INDEX, PART_INDEX

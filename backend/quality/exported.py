@@ -26,7 +26,7 @@ class ExportedMeshRenderer:
     Cycles process; each call then returns the next view's (rgb over white, None)."""
 
     def __init__(self, avatar, cfg, photo_view=None, samples: int = 16):
-        from backend.avatar_export_job import bake
+        from backend.jobs.avatar_export import bake
 
         self.avatar, self.samples = avatar, samples
         start = time.perf_counter()
@@ -41,7 +41,7 @@ class ExportedMeshRenderer:
 
     def prepare(self, setups: list, transl) -> None:
         """setups: (view, camera, pose) per view, as run.view_setups yields them."""
-        from backend.benchmark.subjects import render_with_cycles
+        from backend.quality.subjects import render_with_cycles
 
         m = self.mesh
         # posed with the avatar's learned pose correction, as its neural render is: the row
