@@ -259,7 +259,7 @@ def _cmd_benchmark(args) -> int:
     results = run_benchmark(args.size, args.out, methods=methods, subjects=args.subjects, seed=args.seed,
                             clip_spec=clip_spec, lpips_weights=args.lpips_weights, device=args.device,
                             cache=args.cache, body_source_name=args.body, resume=args.resume,
-                            keep_avatars=args.keep_avatars, command=command)
+                            keep_avatars=args.keep_avatars, command=command, subject_set=args.set)
     print((args.out / "results.md").read_text())
     print(f"benchmark finished in {results['total_seconds'] / 60:.1f} min; outputs in {args.out}")
     return 0
@@ -392,6 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--methods", help="comma-separated subset (default: all; see docs/benchmark.md)")
     bench.add_argument("--subjects", type=int, help="number of subjects (default: the size's)")
     bench.add_argument("--seed", type=int, default=0, help="subject generator seed")
+    bench.add_argument("--set", default="v1", choices=["v1", "v2"],
+                       help="v1: clothing as colours on the body surface; v2: the same people in a loose top, "
+                            "a hair volume and (some) a skirt, off the body surface")
     bench.add_argument("--cache", type=Path, help="where rendered subjects are kept (default: the cache dir)")
     bench.add_argument("--body", default="true", choices=["true", "fitted"],
                        help="body parameters the methods start from: the true ones (ELICIT's protocol) or "

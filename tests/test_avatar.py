@@ -478,3 +478,60 @@ def test_a_second_band_sees_the_body_behind_a_faint_surface(body_shaped, open_bo
     same = off.body_mask & ~behind   # (rays beside the body borrow a covered pixel's layers)
     torch.testing.assert_close(on.rgb[same], off.rgb[same])
     torch.testing.assert_close(on.alpha[same], off.alpha[same])
+
+
+def test_clothing_beyond_the_body_gets_room_and_starts_occupied(open_body, subject):
+    """A mask no wider than the body changes nothing; a person 6 px wider all round (a loose
+    garment, as the photo shows it) gives that reach in metres, a widened margin and clothing
+    allowance, and stage-A targets that fill it in the photo's colour beside the body, not in
+    front of it."""
+    import cv2
+
+    from backend.avatar.clothing import photo_clothing, widened_for
+    from backend.avatar.stage_a import sample_table
+
+    s = subject
+    args = (s["photo"], s["mask"], s["camera"], s["pose"], s["betas"], s["transl"])
+    assert photo_clothing(open_body, *args) is None
+    wide = cv2.dilate(s["mask"].astype(np.uint8), np.ones((13, 13), np.uint8)).astype(np.float32)
+    photo = np.where(wide[..., None] > s["mask"][..., None], np.float32([0.9, 0.1, 0.1]), s["photo"])
+    clothing = photo_clothing(open_body, photo, wide, s["camera"], s["pose"], s["betas"], s["transl"])
+    expected = 6.0 * DISTANCE / float(s["camera"].K[0, 0])
+    assert clothing is not None and 0.6 * expected < clothing.reach < 1.5 * expected
+    cfg = widened_for(quick(), 0.2)
+    assert cfg.render.margin == pytest.approx(0.22) and cfg.stage_b.clothing_margin == pytest.approx(0.2)
+    assert widened_for(quick(), 0.01) == quick()           # never narrower than the preset
+    torch.manual_seed(0)
+    avatar = Avatar(open_body, s["betas"], quick().field, quick().motion, quick().render)
+    grey = np.full((open_body.num_vertices, 3), 0.5, np.float32)
+    cfg_a = dataclasses.replace(quick().stage_a, table=40_000)
+    points, occ, colours = sample_table(avatar, cfg_a, np.random.default_rng(0), grey, clothing)
+    worn = (occ == 1.0) & np.all(np.isclose(colours, [0.9, 0.1, 0.1], atol=0.02), axis=1)
+    assert worn.sum() > 100
+    # the worn points lie outside the body (their plain target would be empty) and within reach
+    from scipy.spatial import cKDTree
+    d = cKDTree(avatar.rest_vertices.numpy()).query(points[worn])[0]
+    assert (d < clothing.reach).all() and np.median(d) > 0.005
+
+
+def test_a_fit_with_room_for_clothing_keeps_it_in_its_file_and_resumes_with_it(open_body, subject, tmp_path):
+    """With clothing_from_photo, a photo whose person is wider than the body gives a fit whose
+    avatar file holds the widened margin (so its renders have the room) and whose resumed run
+    keeps it; the preset's own values are the floor."""
+    import cv2
+
+    s = subject
+    wide = cv2.dilate(s["mask"].astype(np.uint8), np.ones((41, 41), np.uint8)).astype(np.float32)
+    cfg = dataclasses.replace(tiny(), clothing_from_photo=True,
+                              stage_b=StageBConfig(iterations=4, input_size=32, novel_size=24, checkpoint_every=2))
+    args = (open_body, s["photo"], wide, s["camera"], s["pose"], s["betas"], s["transl"], tmp_path / "a.avatar")
+    logs = []
+    part = fit_avatar(*args, cfg, log=logs.append, stop_after=2)
+    reach = part.report["clothing_reach_m"]
+    assert reach > cfg.stage_b.clothing_margin and any("makes room" in m for m in logs)
+    on_disk = load_avatar(tmp_path / "a.avatar", open_body)
+    assert on_disk.config.render.margin == pytest.approx(max(cfg.render.margin, reach + 0.02), abs=1e-4)
+    assert on_disk.config.stage_b.clothing_margin == pytest.approx(reach, abs=1e-4)
+    done = fit_avatar(*args, cfg, log=logs.append)
+    assert done.record.stage == "done" and done.record.config == on_disk.config
+    assert done.report["clothing_reach_m"] == reach

@@ -90,6 +90,65 @@ def test_subjects_are_deterministic_and_dressed_differently_front_and_back(open_
         assert np.array_equal(*pixels)
 
 
+def test_v2_dresses_the_same_people_off_the_body_surface(open_body):
+    """v2 is v1's person (body, pose, colours) with a loose top, a hair volume and, for some, a
+    skirt: the dressed mesh leaves the body surface where those are and nowhere else, and the
+    skirt is skinned (weights summing to 1) so that it follows the legs into a novel pose."""
+    from backend.quality.subjects import dressed_meshes, make_subject
+
+    specs = [make_subject(open_body, i, seed=0, subject_set="v2") for i in range(6)]
+    v1 = make_subject(open_body, 0, seed=0)
+    assert np.array_equal(specs[0].pose, v1.pose) and specs[0].look == v1.look and v1.garments is None
+    assert any(s.garments.skirt for s in specs) and not all(s.garments.skirt for s in specs)
+    with pytest.raises(ValueError, match="unknown subject set"):
+        make_subject(open_body, 0, subject_set="v3")
+    plain, _, _, _ = dressed_meshes(open_body, v1)
+    spec = next(s for s in specs if s.garments.skirt)
+    verts, faces, attrs, shade = dressed_meshes(open_body, spec)
+    n = open_body.num_vertices
+    body_only, _, _, _ = dressed_meshes(open_body, dataclasses.replace(spec, garments=None))
+    assert np.array_equal(plain.shape, body_only.shape)
+    moved = np.linalg.norm(verts[0, :n] - body_only[0], axis=1)
+    g = spec.garments
+    assert moved.max() == pytest.approx(max(g.loose_top, g.hair_volume), rel=1e-4)
+    assert (moved < 1e-9).mean() > 0.4                       # face, hands, legs stay on the body
+    skirt = verts[:, n:]
+    assert skirt.shape[1] > 100 and faces.max() == verts.shape[1] - 1 and len(attrs["albedo"]) == verts.shape[1]
+    assert shade.shape == verts.shape[:2] and (shade > 0).all()
+    # the skirt hangs round both legs: wider than the hips and enclosing the thighs' centre
+    from shared.smpl import PART_INDEX
+
+    legs = np.isin(open_body.part_labels.numpy(), [PART_INDEX[p] for p in ("body", "left_upper_leg", "right_upper_leg")])
+    hips = body_only[0][legs & (np.abs(body_only[0, :, 1] - skirt[0, :, 1].mean()) < 0.05)]
+    assert np.ptp(skirt[0, :, 0]) > np.ptp(hips[:, 0]) + 0.05
+    # in the novel poses it moves with the hips and thighs it hangs round
+    moves = []
+    for p in range(1, len(verts)):
+        shift_skirt = skirt[p].mean(0) - skirt[0].mean(0)
+        shift_legs = verts[p, :n][legs].mean(0) - verts[0, :n][legs].mean(0)
+        assert np.linalg.norm(shift_skirt - shift_legs) < 0.03, p
+        moves.append(np.abs(skirt[p] - skirt[0]).max())
+    assert max(moves) > 0.05
+
+
+@needs_bpy
+def test_v2_cycles_masks_are_wider_than_the_body(open_body, tmp_path):
+    """What Cycles renders for v2 covers the body's silhouette and more (the clothing)."""
+    from backend.quality.subjects import Subject, ensure_subjects
+
+    folders = ensure_subjects(open_body, 2, seed=0, size=96, samples=2, cache=tmp_path, log=lambda m: None,
+                              subject_set="v2")
+    assert "subjects-v2-" in str(folders[0])
+    for folder in folders:
+        s = Subject.load(folder)
+        assert s.manifest["set"] == "v2" and s.manifest["garments"]["loose_top"] > 0
+        for v in (s.views[0], s.views[5]):
+            cycles = np.asarray(Image.open(s.folder / "masks" / f"{v.name}.png")) > 127
+            ours = _our_silhouette(open_body, s.pose(v.pose_name), s.betas, s.transl, v.camera)
+            assert (cycles & ours).sum() >= 0.97 * ours.sum(), v.name
+            assert (cycles & ~ours).sum() > 0.08 * ours.sum(), v.name
+
+
 def test_projection_baseline_reproduces_the_photo_and_mirrors_the_back(open_body):
     from backend.avatar.metrics import boxed_metrics
     from backend.jobs.sample_subject import FOCAL, frame_body, render_flat, subject_pose

@@ -60,6 +60,10 @@ class AvatarFitConfig:
     parts: PartSamplingConfig = dataclasses.field(default_factory=PartSamplingConfig)
     rotations: RotationSamplingConfig = dataclasses.field(default_factory=RotationSamplingConfig)
     use_clip: bool = True
+    # ours: clothing and hair beyond the body as the photo shows them widen the marched margin
+    # and the clothing allowance (clothing.py). Off: on the benchmark's v2 subjects it gained
+    # nothing and made the avatar more see-through (docs/benchmark.md, "Benchmark v2")
+    clothing_from_photo: bool = False
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -27,12 +27,13 @@ FILL_RULES = ("rim", "mirror")
 RIM_NEIGHBOURS = 8      # rim vertices whose median colour an unseen vertex takes
 
 
-def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """Area-weighted vertex normals, flipped if needed so that they point out of the body."""
+def vertex_normals(vertices: np.ndarray, faces: np.ndarray, orient: bool = True) -> np.ndarray:
+    """Area-weighted vertex normals, flipped if needed so that they point out of the body
+    (orient=False: as the faces wind, for an open surface that has no inside)."""
     tri = vertices[faces]
     fn = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
     # signed volume of the mesh: negative when the faces wind inward
-    if np.einsum("ij,ij->", tri[:, 0], fn) < 0:
+    if orient and np.einsum("ij,ij->", tri[:, 0], fn) < 0:
         fn = -fn
     vn = np.zeros_like(vertices)
     for k in range(3):

@@ -18,6 +18,7 @@ import torch
 
 from backend.avatar.avatar import Avatar
 from backend.avatar.avatar_file import AvatarRecord, load_avatar, save_avatar
+from backend.avatar.clothing import photo_clothing, widened_for
 from backend.avatar.config import AvatarFitConfig
 from backend.avatar.config import preset as config_preset
 from backend.avatar.optimiser import StageB, make_photo_target, new_state, run_stage_b
@@ -150,21 +151,31 @@ def fit_avatar(body: BodyModel, photo: np.ndarray, mask: np.ndarray, camera, pos
         report["warnings"].append("the text prompt is ignored: text guidance needs the CLIP prior")
         log(report["warnings"][-1])
     if rec is None:
+        clothing = (photo_clothing(body.to("cpu"), photo, mask, camera, pose, betas, transl)
+                    if cfg.clothing_from_photo else None)
+        body = body.to(device)
+        if clothing is not None:   # the avatar file keeps the widened config: its renders have the room too
+            cfg = widened_for(cfg, clothing.reach)
+            report["clothing_reach_m"] = round(clothing.reach, 4)
+            log(f"clothing or hair reaches {100 * clothing.reach:.0f} cm past the body in the photo: "
+                "the fit makes room for it")
         torch.manual_seed(cfg.stage_b.seed)  # the field's initial planes: a rerun gives the same avatar
         avatar = Avatar(body, betas, cfg.field, cfg.motion, cfg.render).to(device)
         colours = None
         if cfg.stage_a.photo_colour:   # the field starts with the photo's colours on the body
             colours, seen = photo_vertex_colours(body, photo, mask, camera, pose, betas, transl)
             report["photo_colour_seen"] = seen
-        report["stage_a"] = run_stage_a(avatar, cfg.stage_a, progress=progress, vertex_colours=colours)
+        report["stage_a"] = run_stage_a(avatar, cfg.stage_a, progress=progress, vertex_colours=colours,
+                                        clothing=clothing if cfg.stage_a.clothing_fill else None)
         log(f"stage A: the field is the body ({report['stage_a']['seconds']:.1f} s)")
         rec = AvatarRecord(avatar, cfg, camera, np.asarray(pose), np.asarray(transl), body_spec, "B", 0,
                            report=report, input_key=key)
         state = new_state(avatar, cfg)
         save_avatar(out_path, _with_state(rec, state))
     else:
-        avatar = rec.avatar
-        report = {**report, **{k: v for k, v in (rec.report or {}).items() if k.startswith("stage_")}}
+        avatar, cfg = rec.avatar, rec.config   # (the config as the fit widened it)
+        report = {**report, **{k: v for k, v in (rec.report or {}).items()
+                                if k.startswith("stage_") or k == "clothing_reach_m"}}
         state = new_state(avatar, cfg)
         state.iteration = rec.iteration
         if rec.optimiser:

@@ -57,6 +57,13 @@ METHODS = (
            "the full method on the true body parameters: the avatar's own share of the error", body="true"),
     Method("no_photo_colour", "w/o photo colours", "stage A starts grey, not from the photo's colours on the body",
            change=lambda c: _photo_colour(c, False)),
+    Method("clothing_room", "+ room for clothing from the photo", "the marched margin and the novel-view clothing "
+           "allowance widened to how far the photo's person reaches past the body", default=False,
+           change=lambda c: dataclasses.replace(c, clothing_from_photo=True)),
+    Method("clothing_fill", "+ room and stage-A fill for clothing", "and stage A fills what the photo shows beyond "
+           "the body (within that reach, in the photo's colour)", default=False,
+           change=lambda c: dataclasses.replace(c, clothing_from_photo=True,
+                                                stage_a=dataclasses.replace(c.stage_a, clothing_fill=True))),
     Method("no_silhouette", "w/o silhouette loss", "the SMPL soft-silhouette loss off (edge and outside losses kept)",
            change=lambda c: _losses(c, silhouette=0.0)),
     Method("no_part_sampling", "w/o part-aware sampling", "novel views always of the whole body",
@@ -84,6 +91,11 @@ METHODS = (
     Method("projection_photo_body", "Body-texture projection, body from the photo alone",
            "the photo projected on the body estimated from the photo alone", kind="projection", body="photo",
            default=False),
+    # the run-to-run noise every other row's difference is judged against
+    Method("full_seed1", "Full method, another seed", "the full method with seed 1 for the field's start, stage A's "
+           "samples and stage B's draws: how much two fits of the same inputs differ", default=False,
+           change=lambda c: dataclasses.replace(c, stage_a=dataclasses.replace(c.stage_a, seed=1),
+                                                stage_b=dataclasses.replace(c.stage_b, seed=1))),
     # the issue-14 sweep; run when named
     Method("before_issue14", "Before issue 14", "grey stage A, no inside edge, no opacity term",
            default=False, change=lambda c: _photo_colour(_losses(c, holes=0.0, opacity=0.0), False)),

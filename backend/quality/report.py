@@ -131,7 +131,7 @@ def export_table(results: dict) -> str | None:
 
 def write_markdown(results: dict, summary: dict) -> str:
     r = results
-    parts = [f"# Quality benchmark ({r['size']['name']})", "",
+    parts = [f"# Quality benchmark ({r['size']['name']}, subjects {r.get('set', 'v1')})", "",
              f"Command: `{r['command']}`  ",
              f"Machine: {r['machine']['processor']}, {r['machine']['cpu_count']} CPUs, "
              f"{r['machine'].get('gpu', 'no GPU')}, torch {r['machine']['torch']}; device {r['machine']['device']}  ",

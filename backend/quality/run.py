@@ -191,13 +191,14 @@ def run_method(method: Method, subject: Subject, body_fit, start: StartBody, bod
 def run_benchmark(size_name: str = "quick", out_dir: Path = Path("out/benchmark"), methods: list[str] | None = None,
                   subjects: int | None = None, seed: int = 0, clip_spec=None, lpips_weights=None, device=None,
                   cache: Path | None = None, body_source_name: str = "true", resume: bool = False,
-                  keep_avatars: bool = False, command: str = "", log=print) -> dict:
+                  keep_avatars: bool = False, command: str = "", log=print, subject_set: str = "v1") -> dict:
     """Writes results.json, results.md and grids/<subject>.png into out_dir (after every
     subject). `body_source_name`: the body parameters the methods start from, "true" (ELICIT's
     protocol: the dataset's body fits) or "fitted" (ours, from the photo and a rough estimate);
     the full method also runs on the other one. `resume`: keep the subjects an earlier run with
     the same settings already finished in out_dir. `keep_avatars`: keep each method's .avatar
-    file under out_dir/work (else deleted once measured)."""
+    file under out_dir/work (else deleted once measured). `subject_set`: "v1" (clothing as colours
+    on the body) or "v2" (the same people in clothing off the body surface, subjects.py)."""
     from backend.jobs.avatar_fit import load_priors, resolve_device
 
     t0 = time.perf_counter()
@@ -218,8 +219,9 @@ def run_benchmark(size_name: str = "quick", out_dir: Path = Path("out/benchmark"
                      "(docs/clip.md names the file)")
     with Stopwatch() as gen_time:
         folders = ensure_subjects(cpu_body, subjects or size.subjects, seed, size.render_size, size.samples,
-                                  cache, log)
-    results = {"size": dataclasses.asdict(size), "command": command or " ".join(sys.argv), "seed": seed,
+                                  cache, log, subject_set)
+    results = {"size": dataclasses.asdict(size), "set": subject_set, "command": command or " ".join(sys.argv),
+               "seed": seed,
                "machine": machine(device), "memory_kind": PeakMemory(device).kind,
                "methods": {m.name: m.label for m in chosen},
                "descriptions": {m.name: m.description for m in chosen},
@@ -273,7 +275,7 @@ def _finished_subjects(out_dir: Path, results: dict) -> dict:
     if not path.is_file():
         return {}
     old = json.loads(path.read_text())
-    same = all(old.get(k) == results[k] for k in ("size", "seed", "body_source", "methods", "notes")) and \
+    same = all(old.get(k) == results[k] for k in ("size", "set", "seed", "body_source", "methods", "notes")) and \
         old.get("machine", {}).get("device") == results["machine"]["device"]
     return {s["name"]: s for s in old.get("subjects", [])} if same else {}
 

@@ -7,6 +7,10 @@ shoes, skin, hair over the top and back of the head). Views: the input photo (ya
 held-out views turned about the body's own vertical axis (30..330 degrees, the exact back
 included) and 3 novel poses seen from the input camera and from behind.
 
+Two sets of the same people: v1 dresses them in colours on the body's own surface; v2 adds
+clothing off that surface (a loose top, a hair volume, a skirt for some: backend/quality/garments.py),
+which the body model cannot explain and projection onto it cannot copy.
+
 Written per subject into a folder (docs/benchmark.md lists the files): the ELICIT input folder
 (photo on a textured background, mask, rough body parameters as a pose estimator would give),
 every view's RGBA render and mask with its true body parameters and camera in our JSON format and in
@@ -33,11 +37,13 @@ from backend.body.body_model import BodyModel
 from backend.inputs import BodyParams, write_params_json
 from backend.jobs.demo import novel_poses
 from backend.jobs.sample_subject import DISTANCE, FOCAL, frame_body, rough_estimate, subject_pose, textured_background
+from backend.quality.garments import Garments, body_offsets, pose_offsets, pose_points, skirt_mesh
 from shared.camera import PinholeCamera
 from shared.orbit import body_up, orbit_from_camera, view_bin
 from shared.smpl import JOINT_INDEX, PART_INDEX
 
 GENERATOR_VERSION = 1
+SETS = ("v1", "v2")   # v2: the same people in clothing off the body surface
 HELD_OUT_YAWS = (30, 60, 90, 135, 180, 225, 270, 300, 330)  # degrees from the input view
 NOVEL_POSE_YAWS = {"front": 0, "back": 180}
 LIGHT = np.array([-0.3, -0.5, -1.0]) / np.linalg.norm([-0.3, -0.5, -1.0])  # towards the light, camera frame
@@ -73,10 +79,14 @@ class Look:
     print_scale: float      # checker cells per metre (x2)
     stripe_scale: float
 
-    def prompt(self) -> str:
+    def prompt(self, garments: "Garments | None" = None) -> str:
         """What a user would type: the garments as seen from the front and the back."""
         sleeves = "long-sleeved" if self.long_sleeves else "short-sleeved"
         legs = "trousers" if self.long_trousers else "shorts"
+        if garments is not None and garments.skirt:
+            legs = "skirt"
+        if garments is not None:
+            sleeves = f"loose {sleeves}"
         hair = f"long {self.hair} hair" if self.long_hair else f"short {self.hair} hair"
         return (f"a person in a {sleeves} {self.top} shirt with a {self.print_colours[0]} and "
                 f"{self.print_colours[1]} checked print on the chest and {self.stripe_colours[0]} and "
@@ -94,6 +104,7 @@ class SubjectSpec:
     rough_pose: np.ndarray   # what a pose estimator would give
     rough_transl: np.ndarray
     look: Look
+    garments: Garments | None = None   # v2: clothing off the body surface
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,7 +125,10 @@ def _turned(pose: np.ndarray, yaw_deg: float) -> np.ndarray:
     return out
 
 
-def make_subject(body: BodyModel, index: int, seed: int = 0) -> SubjectSpec:
+def make_subject(body: BodyModel, index: int, seed: int = 0, subject_set: str = "v1") -> SubjectSpec:
+    """Subject `index` of a seed: v2's is v1's person (body, pose, colours) with v2's garments."""
+    if subject_set not in SETS:
+        raise ValueError(f"unknown subject set {subject_set!r}; choose one of {', '.join(SETS)}")
     rng = np.random.default_rng([seed, index])
     betas = np.zeros(body.num_betas)
     betas[:] = rng.uniform(-1.0, 1.0, body.num_betas)
@@ -137,7 +151,8 @@ def make_subject(body: BodyModel, index: int, seed: int = 0) -> SubjectSpec:
                 print_scale=float(rng.uniform(10.0, 18.0)), stripe_scale=float(rng.uniform(5.0, 9.0)))
     rough_pose = rough_estimate(pose, rng, spread=0.25)
     rough_transl = transl + rng.uniform(-0.04, 0.04, 3)
-    return SubjectSpec(f"subject_{index:02d}", seed, betas, pose, transl, rough_pose, rough_transl, look)
+    garments = Garments.draw(np.random.default_rng([seed, index, 2]), look.long_hair) if subject_set == "v2" else None
+    return SubjectSpec(f"subject_{index:02d}", seed, betas, pose, transl, rough_pose, rough_transl, look, garments)
 
 
 def subject_views(body: BodyModel, spec: SubjectSpec, size: int) -> list[View]:
@@ -166,52 +181,101 @@ def _linear(srgb) -> np.ndarray:
     return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
 
 
-def appearance(body: BodyModel, betas, look: Look) -> dict[str, np.ndarray]:
-    """Per-vertex attributes in the rest pose: rest position, albedo (linear RGB) and the two
-    print regions (1 inside)."""
+def _regions(body: BodyModel, betas, look: Look) -> dict:
+    """The rest body and where each garment sits on it (per-vertex bool masks)."""
     with torch.no_grad():
         rest, joints = body.rest(np.asarray(betas))
-    x, y, z = rest[0].numpy().T
+    rest = rest[0].numpy()
+    x, y, z = rest.T
     J = joints[0].numpy()
     jy = {n: J[JOINT_INDEX[n], 1] for n in ("pelvis", "spine1", "spine3", "neck", "head", "left_knee", "left_ankle")}
     part = body.part_labels.numpy()
-    P = PART_INDEX
-    in_parts = lambda *names: np.isin(part, [P[n] for n in names])  # noqa: E731
-    albedo = np.tile(_linear(COLOURS[look.top]), (len(x), 1))
-    skin = _linear(look.skin)
+    in_parts = lambda *names: np.isin(part, [PART_INDEX[n] for n in names])  # noqa: E731
     # arms: sleeves reach the wrist or half way to the elbow (rest pose: arms along x)
     shoulder, elbow, wrist = abs(J[JOINT_INDEX["left_shoulder"], 0]), abs(J[JOINT_INDEX["left_elbow"], 0]), \
         abs(J[JOINT_INDEX["left_wrist"], 0])
     sleeve_end = wrist - 0.01 if look.long_sleeves else shoulder + 0.5 * (elbow - shoulder)
     arms = in_parts("left_arm", "right_arm", "left_hand_forearm", "right_hand_forearm")
-    albedo[arms & (np.abs(x) > sleeve_end)] = skin
-    albedo[in_parts("head", "neck")] = skin
     # trousers from the waist (between pelvis and spine1) down to the ankle or above the knee
     waist = 0.5 * (jy["pelvis"] + jy["spine1"]) + 0.03
     hem = jy["left_ankle"] + 0.06 if look.long_trousers else jy["left_knee"] + 0.08
     legs = in_parts("left_upper_leg", "right_upper_leg", "left_leg_foot", "right_leg_foot")
     trousers = (legs | in_parts("body")) & (y < waist) & (y > hem)
-    albedo[trousers] = _linear(COLOURS[look.bottom])
-    albedo[legs & (y <= hem)] = skin
-    albedo[legs & (y < jy["left_ankle"] + 0.04)] = _linear(COLOURS[look.shoes])
     # hair: the top and back of the head; long hair also covers the back of the neck
     head_z = J[JOINT_INDEX["head"], 2]
     hair = in_parts("head") & ((y > jy["head"] + 0.08) | ((z < head_z - 0.01) & (y > jy["head"] - 0.01)))
     if look.long_hair:
         hair |= in_parts("head", "neck", "body") & (z < head_z - 0.03) & (y > jy["neck"] - 0.12) & (np.abs(x) < 0.12)
-    albedo[hair] = _linear(HAIR[look.hair])
     torso = in_parts("body") & ~trousers
     torso_z = J[JOINT_INDEX["spine3"], 2]
-    front = torso & (z > torso_z + 0.03) & (y > jy["spine1"] + 0.02) & (y < jy["neck"] - 0.08) & (np.abs(x) < 0.12)
-    back = torso & ~hair & (z < torso_z - 0.01) & (y > waist + 0.02) & (y < jy["neck"] - 0.03) & (np.abs(x) < 0.17)
-    return {"rest": rest[0].numpy(), "albedo": albedo, "front_print": front.astype(np.float64),
-            "back_print": back.astype(np.float64)}
+    return {
+        "rest": rest, "weights": body.weights.detach().cpu().numpy(), "waist": waist, "knee": jy["left_knee"],
+        "sleeves": arms & (np.abs(x) <= sleeve_end), "bare_arms": arms & (np.abs(x) > sleeve_end),
+        "head_neck": in_parts("head", "neck"), "legs": legs, "trousers": trousers, "hair": hair, "torso": torso,
+        "bare_legs": legs & (y <= hem), "shoes": legs & (y < jy["left_ankle"] + 0.04),
+        "hips": (legs | in_parts("body")) & (y < waist + 0.02),
+        "front": torso & (z > torso_z + 0.03) & (y > jy["spine1"] + 0.02) & (y < jy["neck"] - 0.08)
+        & (np.abs(x) < 0.12),
+        "back": torso & ~hair & (z < torso_z - 0.01) & (y > waist + 0.02) & (y < jy["neck"] - 0.03)
+        & (np.abs(x) < 0.17),
+    }
 
 
-def baked_shade(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+def appearance(body: BodyModel, betas, look: Look, garments: Garments | None = None) -> dict[str, np.ndarray]:
+    """Per-vertex attributes in the rest pose: rest position, albedo (linear RGB) and the two
+    print regions (1 inside). Under a skirt (v2) the legs are bare."""
+    r = _regions(body, betas, look)
+    skin = _linear(look.skin)
+    albedo = np.tile(_linear(COLOURS[look.top]), (len(r["rest"]), 1))
+    albedo[r["bare_arms"] | r["head_neck"]] = skin
+    albedo[r["trousers"]] = _linear(COLOURS[look.bottom])
+    albedo[r["bare_legs"]] = skin
+    if garments is not None and garments.skirt:
+        albedo[r["legs"] & r["trousers"]] = skin
+    albedo[r["shoes"]] = _linear(COLOURS[look.shoes])
+    albedo[r["hair"]] = _linear(HAIR[look.hair])
+    return {"rest": r["rest"], "albedo": albedo, "front_print": r["front"].astype(np.float64),
+            "back_print": r["back"].astype(np.float64)}
+
+
+def dressed_meshes(body: BodyModel, spec: SubjectSpec) -> tuple[np.ndarray, np.ndarray, dict, np.ndarray]:
+    """The subject as the Cycles job renders it: vertices per pose (P, N, 3), faces, per-vertex
+    attributes and baked shade per pose (P, N). v1: the body; v2: the body with its top and hair
+    pushed out, plus the skirt."""
+    poses = subject_poses(spec)
+    with torch.no_grad():
+        outs = [body(p, spec.betas, spec.transl) for p in poses.values()]
+    verts = [o.vertices[0].numpy() for o in outs]
+    faces = body.faces.numpy()
+    attrs = appearance(body, spec.betas, spec.look, spec.garments)
+    if spec.garments is None:
+        return np.stack(verts), faces, attrs, np.stack([baked_shade(v, faces) for v in verts])
+    g = spec.garments
+    r = _regions(body, spec.betas, spec.look)
+    offsets = body_offsets(r["rest"], faces, g, r["torso"] & ~r["hair"], r["sleeves"], r["hair"])
+    transforms = [o.transforms[0].numpy().astype(np.float64) for o in outs]
+    verts = [pose_offsets(v, T, r["weights"], offsets) for v, T in zip(verts, transforms)]
+    shade = [baked_shade(v, faces) for v in verts]
+    if g.skirt:
+        sk_v, sk_f, sk_w = skirt_mesh(r["rest"], r["weights"], r["hips"], r["waist"], r["knee"] + 0.04, g)
+        n = len(verts[0])
+        skirt = [pose_points(sk_v, T, sk_w) for T in transforms]
+        shade = [np.concatenate([s, baked_shade(v, sk_f, flip=False)]) for s, v in zip(shade, skirt)]
+        verts = [np.concatenate([v, sv]) for v, sv in zip(verts, skirt)]
+        faces = np.concatenate([faces, sk_f + n])
+        skirt_colour = np.tile(_linear(COLOURS[spec.look.bottom]), (len(sk_v), 1))
+        attrs = {"rest": np.concatenate([attrs["rest"], sk_v]),
+                 "albedo": np.concatenate([attrs["albedo"], skirt_colour]),
+                 "front_print": np.concatenate([attrs["front_print"], np.zeros(len(sk_v))]),
+                 "back_print": np.concatenate([attrs["back_print"], np.zeros(len(sk_v))])}
+    return np.stack(verts), faces, attrs, np.stack(shade)
+
+
+def baked_shade(vertices: np.ndarray, faces: np.ndarray, flip: bool = True) -> np.ndarray:
     """A diffuse surface under a fixed light from above-left of the camera plus ambient: the
-    same from every view (wrapped Lambert, so the back is dim but not flat)."""
-    n = vertex_normals(vertices, faces)
+    same from every view (wrapped Lambert, so the back is dim but not flat). flip=False for an
+    open surface (the skirt) whose faces already wind outwards."""
+    n = vertex_normals(vertices, faces, orient=flip)
     h = 0.5 + 0.5 * (n @ LIGHT)
     return 0.3 + 0.7 * h * h
 
@@ -223,16 +287,11 @@ def _cycles_look(look: Look) -> dict:
 
 
 def write_cycles_job(path: Path, body: BodyModel, spec: SubjectSpec, views: list[View], samples: int) -> None:
-    poses = subject_poses(spec)
-    names = list(poses)
-    with torch.no_grad():
-        verts = np.stack([body(poses[n], spec.betas, spec.transl).vertices[0].numpy() for n in names])
-    faces = body.faces.numpy()
-    attrs = appearance(body, spec.betas, spec.look)
+    names = list(subject_poses(spec))
+    verts, faces, attrs, shade = dressed_meshes(body, spec)
     meta = {"views": [v.name for v in views], "width": views[0].camera.width, "height": views[0].camera.height,
             "samples": samples, "look": _cycles_look(spec.look)}
-    np.savez(path, meta=json.dumps(meta), faces=faces, vertices=verts,
-             shade=np.stack([baked_shade(v, faces) for v in verts]),
+    np.savez(path, meta=json.dumps(meta), faces=faces, vertices=verts, shade=shade,
              K=np.stack([v.camera.K for v in views]), R=np.stack([v.camera.R for v in views]),
              t=np.stack([v.camera.t for v in views]), pose_index=np.array([names.index(v.pose_name) for v in views]),
              **attrs)
@@ -321,7 +380,9 @@ def write_subject(body: BodyModel, spec: SubjectSpec, folder: Path, size: int = 
             "betas": dict(zip(body.shape_names, map(float, spec.betas))),
             "pose": spec.pose.tolist(), "transl": spec.transl.tolist(),
             "rough_pose": spec.rough_pose.tolist(), "rough_transl": spec.rough_transl.tolist(),
-            "look": dataclasses.asdict(spec.look), "prompt": spec.look.prompt(),
+            "look": dataclasses.asdict(spec.look), "prompt": spec.look.prompt(spec.garments),
+            "set": "v2" if spec.garments is not None else "v1",
+            "garments": dataclasses.asdict(spec.garments) if spec.garments is not None else None,
             "poses": {k: np.asarray(p).tolist() for k, p in poses.items()},
             "views": [{"name": v.name, "pose": v.pose_name, "yaw": v.yaw, "bin": v.bin, "camera": v.camera.to_dict()}
                       for v in views],
@@ -336,19 +397,21 @@ def write_subject(body: BodyModel, spec: SubjectSpec, folder: Path, size: int = 
     return folder
 
 
-def subjects_root(cache: Path | None, seed: int, size: int, samples: int) -> Path:
+def subjects_root(cache: Path | None, seed: int, size: int, samples: int, subject_set: str = "v1") -> Path:
     cache = Path(cache) if cache else Path(os.environ.get("AVATAR_CACHE_DIR", Path.home() / ".cache/one-shot-avatar"))
-    return cache / "benchmark" / f"subjects-v{GENERATOR_VERSION}-{size}px-{samples}spp-seed{seed}"
+    # v1 keeps its original folder name, so subjects rendered before v2 existed are reused
+    kind = f"v{GENERATOR_VERSION}" if subject_set == "v1" else f"{subject_set}-g{GENERATOR_VERSION}"
+    return cache / "benchmark" / f"subjects-{kind}-{size}px-{samples}spp-seed{seed}"
 
 
 def ensure_subjects(body: BodyModel, count: int, seed: int = 0, size: int = 512, samples: int = 32,
-                    cache: Path | None = None, log=print) -> list[Path]:
+                    cache: Path | None = None, log=print, subject_set: str = "v1") -> list[Path]:
     """The first `count` subjects of this seed, rendered on first use into the cache."""
-    root = subjects_root(cache, seed, size, samples)
+    root = subjects_root(cache, seed, size, samples, subject_set)
     root.mkdir(parents=True, exist_ok=True)
     folders = []
     for i in range(count):
-        spec = make_subject(body, i, seed)
+        spec = make_subject(body, i, seed, subject_set)
         folder = root / spec.name
         done = folder / "subject.json"
         if not (done.is_file() and json.loads(done.read_text()).get("body_model") == body.identity):
