@@ -535,3 +535,20 @@ def test_a_fit_with_room_for_clothing_keeps_it_in_its_file_and_resumes_with_it(o
     done = fit_avatar(*args, cfg, log=logs.append)
     assert done.record.stage == "done" and done.record.config == on_disk.config
     assert done.report["clothing_reach_m"] == reach
+
+
+def test_part_crops_count_only_what_the_camera_sees(body_shaped, subject):
+    """Seen from the body's left, the right forearm is behind the torso: with occlusion (ELICIT)
+    its crop is unusable or smaller; the left one's, in plain view, is the same either way."""
+    avatar, _ = body_shaped
+    target = make_photo_target(subject["photo"], subject["mask"], subject["camera"], subject["pose"],
+                               subject["transl"], (1.0, 1.0, 1.0), "cpu")
+    cfg = quick()
+    side = orbit(subject, 90, size=256)
+    seen = StageB(avatar, target, cfg)._part_boxes(side)
+    all_ = StageB(avatar, target, dataclasses.replace(cfg, parts=dataclasses.replace(cfg.parts, occlusion=False))
+                  )._part_boxes(side)
+    area = lambda b: (b[2] - b[0]) * (b[3] - b[1])  # noqa: E731
+    far, near = PART_INDEX["right_hand_forearm"], PART_INDEX["left_hand_forearm"]
+    assert all_[1][far] and (not seen[1][far] or area(seen[0][far]) < 0.8 * area(all_[0][far]))
+    assert seen[1][near] and area(seen[0][near]) > 0.9 * area(all_[0][near])

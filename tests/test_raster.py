@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from backend.render.raster import camera_tensors, hard_silhouette, part_boxes, project, rasterize, soft_silhouette
+from backend.render.raster import (camera_tensors, hard_silhouette, part_boxes, project, rasterize,
+                                   soft_silhouette, visible_vertices)
 from shared.camera import PinholeCamera
 
 
@@ -330,3 +331,21 @@ def test_second_layer_is_the_next_surface_facing_the_camera():
     assert torch.isclose(d1[0][corner], torch.tensor(2.5)) and f2[0][corner] == -1 and torch.isinf(d2[0][corner])
     _, (_, d2_near, _) = rasterize_layers(verts, faces, K, R, t, 64, 64, behind=0.03)
     assert torch.isclose(d2_near[0][centre], torch.tensor(2.05))             # the small face, 5 cm behind
+
+
+def test_visible_vertices_are_those_no_nearer_surface_hides():
+    """A quad half behind a nearer one: its covered corners are hidden, the others seen; a
+    vertex outside the image or at the silhouette's edge counts as seen, one behind the camera
+    does not."""
+    cam = flat_camera()
+    near_v, near_f = quad(1.0, 1.0, 8.0, 11.0, 4.0, cam)
+    far_v, far_f = quad(2.0, 2.0, 14.0, 9.0, 6.0, cam)
+    behind = torch.tensor([[0.0, 0.0, -1.0]])
+    outside = torch.tensor([[100.0, 0.0, 5.0]])
+    verts = torch.cat([near_v, far_v, behind, outside])[None]
+    faces = torch.cat([near_f, far_f + 4])
+    seen = visible_vertices(verts, faces, *camera_tensors(cam), cam.height, cam.width)[0].tolist()
+    # far quad corners: (2,2) and (2,9) lie under the near quad, (14,2) and (14,9) do not
+    assert seen[:4] == [True] * 4
+    assert seen[4:8] == [False, True, True, False]
+    assert seen[8:] == [False, True]

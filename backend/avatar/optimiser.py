@@ -22,7 +22,7 @@ from backend.avatar import losses as L
 from backend.avatar.avatar import Avatar
 from backend.avatar.config import AvatarFitConfig
 from backend.avatar.sampling import body_box, crop_box, crop_resize, draw_part, resolve_part, sample_novel_view
-from backend.render.raster import camera_tensors, part_boxes, project
+from backend.render.raster import camera_tensors, part_boxes, project, visible_vertices
 from shared.camera import PinholeCamera
 from shared.orbit import body_facing_yaw, body_up, orbit_camera, relative_yaw
 from shared.smpl import NUM_PARTS, PART_INDEX
@@ -98,8 +98,13 @@ class StageB:
     def _part_boxes(self, camera: PinholeCamera):
         K, R, t = camera_tensors(camera, device=self.avatar.device)
         uv, z = project(self.vertices[None], K, R, t)
+        seen = z > 0
+        if self.parts.occlusion:
+            small = camera.scaled(min(1.0, self.parts.visibility_size / max(camera.width, camera.height)))
+            seen = visible_vertices(self.vertices[None], self.avatar.body.faces,
+                                    *camera_tensors(small, device=self.avatar.device), small.height, small.width)
         boxes, valid = part_boxes(uv, self.avatar.body.part_labels, NUM_PARTS, camera.height, camera.width,
-                                  visible_mask=z > 0)
+                                  visible_mask=seen)
         return boxes[0].cpu().numpy(), valid[0].cpu().numpy()
 
     def _render_crop(self, camera: PinholeCamera, box, size: int, jitter: bool):

@@ -44,6 +44,11 @@ class PartSamplingConfig:
     padding: float = 0.05                        # per side, as a fraction of the box's size
     part_padding: dict[str, float] = dataclasses.field(default_factory=lambda: {"head": 0.5})
     min_part_size: float = 12.0                  # pixels; a smaller (or invisible) part -> full body
+    # ELICIT crops a part where it is seen: only vertices no other surface hides count towards
+    # its box (tested against a z-buffer this many pixels a side); False: every vertex in front
+    # of the camera counts, hidden or not
+    occlusion: bool = True
+    visibility_size: int = 128
 
     def __post_init__(self):
         _check_part_keys(self.probs, "probs")

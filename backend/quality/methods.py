@@ -68,6 +68,9 @@ METHODS = (
            change=lambda c: _losses(c, silhouette=0.0)),
     Method("no_part_sampling", "w/o part-aware sampling", "novel views always of the whole body",
            change=lambda c: dataclasses.replace(c, parts=dataclasses.replace(c.parts, enabled=False))),
+    Method("parts_ignore_occlusion", "part crops ignore occlusion", "a part's crop box counts its hidden vertices "
+           "too (before issue 14; ELICIT crops where the part is seen)", default=False,
+           change=lambda c: dataclasses.replace(c, parts=dataclasses.replace(c.parts, occlusion=False))),
     Method("no_rotation_sampling", "w/o rotation-aware sampling", "novel-view directions uniform around the body",
            change=lambda c: dataclasses.replace(c, rotations=dataclasses.replace(c.rotations, enabled=False))),
     Method("no_clip", "w/o CLIP", "no semantic prior", needs_clip=True,

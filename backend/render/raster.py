@@ -277,6 +277,21 @@ def hard_silhouette(vertices, faces, K, R, t, height: int, width: int) -> torch.
     return rasterize(vertices, faces, K, R, t, height, width)[0] >= 0
 
 
+def visible_vertices(vertices: torch.Tensor, faces: torch.Tensor, K, R, t, height: int, width: int,
+                     tol: float = 0.03) -> torch.Tensor:
+    """(B, V) bool: vertices in front of the camera that no other surface hides: their depth is
+    within `tol` metres of the z-buffer at their pixel (a vertex on no covered pixel, at the
+    silhouette's edge or outside the image, counts as seen)."""
+    uv, z = project(vertices, K, R, t)
+    depth = rasterize(vertices, faces, K, R, t, height, width)[1]
+    col, row = uv[..., 0].floor().long(), uv[..., 1].floor().long()
+    inside = (col >= 0) & (col < width) & (row >= 0) & (row < height) & (z > 0)
+    batch = torch.arange(vertices.shape[0], device=z.device)[:, None].expand_as(col)
+    zbuf = torch.full_like(z, math.inf)
+    zbuf[inside] = depth[batch[inside], row[inside], col[inside]]
+    return (z > 0) & (z <= zbuf + tol)
+
+
 def part_boxes(uv: torch.Tensor, vertex_parts: torch.Tensor, num_parts: int, height: int, width: int,
                visible_mask: torch.Tensor | None = None, min_size: float = 8.0):
     """Each part's box (x0, y0, x1, y1) in pixels, from its projected body vertices (as ELICIT
