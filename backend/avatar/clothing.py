@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 import torch
 
+from backend.avatar.skinning import skin_points
 from backend.body.body_model import BodyModel
 from backend.render.raster import camera_tensors, hard_silhouette
 from shared.camera import PinholeCamera
@@ -47,8 +48,7 @@ class PhotoClothing:
     def targets(self, points: np.ndarray, nearest: np.ndarray, distance: np.ndarray):
         """For rest-pose points (N, 3) with their nearest body vertex and distance to it: which
         start as clothing (N,) bool and the photo's colour there (N, 3)."""
-        T = np.einsum("nj,jab->nab", self.weights[nearest], self.transforms)
-        posed = np.einsum("nab,nb->na", T[:, :3, :3], points) + T[:, :3, 3]
+        posed = skin_points(points, self.weights[nearest], self.transforms)
         uv, z = self.camera.project(posed), _depth(self.camera, posed)
         H, W = self.beyond.shape
         col, row = np.floor(uv[:, 0]).astype(np.int64), np.floor(uv[:, 1]).astype(np.int64)

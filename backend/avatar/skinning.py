@@ -155,3 +155,10 @@ def nearest_bone_weights(points: torch.Tensor, transforms: torch.Tensor, a_rest,
     t = ((rel * ab).sum(-1) / (ab * ab).sum(-1).clamp(min=1e-9)).clamp(0, 1)
     d = (rel - t[..., None] * ab).pow(2).sum(-1)
     return torch.nn.functional.one_hot(owner.to(dev)[d.argmin(1)], transforms.shape[0]).to(points.dtype)
+
+
+def skin_points(points: np.ndarray, weights: np.ndarray, transforms: np.ndarray) -> np.ndarray:
+    """Linear blend skinning on the host: rest-pose points (N, 3) with weights (N, J) moved by
+    per-joint transforms (J, 4, 4)."""
+    blended = np.einsum("nj,jab->nab", weights, transforms)
+    return np.einsum("nab,nb->na", blended[:, :3, :3], points) + blended[:, :3, 3]

@@ -44,10 +44,11 @@ class StageAConfig:
 
 
 def occupancy_targets(points: np.ndarray, vertices: np.ndarray, normals: np.ndarray, width: float,
-                      inset: float = 0.0) -> np.ndarray:
+                      inset: float = 0.0, nearest: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """Soft inside-ness of points: sigmoid(-signed distance / width), the sign from the normal
-    of the nearest vertex (vertices are ~1 cm apart, far finer than the field's texels)."""
-    dist, idx = cKDTree(vertices).query(points)
+    of the nearest vertex (vertices are ~1 cm apart, far finer than the field's texels).
+    `nearest`: each point's (distance, index) of its nearest vertex, when already known."""
+    dist, idx = cKDTree(vertices).query(points) if nearest is None else nearest
     side = np.einsum("ij,ij->i", points - vertices[idx], normals[idx])
     sdf = np.where(side >= 0, dist, -dist) + inset
     return 1.0 / (1.0 + np.exp(np.clip(sdf / width, -50, 50)))
@@ -73,8 +74,9 @@ def sample_table(avatar: Avatar, cfg: StageAConfig, rng: np.random.Generator,
         parts.append(verts[rng.integers(0, len(verts), n_wide)] + rng.normal(0, clothing.reach / 2, (n_wide, 3)))
     points = np.clip(np.concatenate(parts), box_min, box_max).astype(np.float32)
     texel = avatar.field.cfg.voxel if avatar.field.cfg.kind == "triplane" else 0.0
-    occ = occupancy_targets(points, verts, normals, cfg.surface_width, cfg.inset * texel).astype(np.float32)
     distance, nearest = cKDTree(verts).query(points)
+    occ = occupancy_targets(points, verts, normals, cfg.surface_width, cfg.inset * texel,
+                            (distance, nearest)).astype(np.float32)
     if vertex_colours is None:
         colours = np.broadcast_to(np.asarray(cfg.colour, np.float32), (len(points), 3)).copy()
     else:

@@ -94,9 +94,3 @@ def pose_offsets(posed: np.ndarray, transforms: np.ndarray, weights: np.ndarray,
     """Posed body vertices moved by rest-pose offsets turned with the vertices' blended rotation."""
     rot = np.einsum("vj,jab->vab", weights, transforms[:, :3, :3])
     return posed + np.einsum("vab,vb->va", rot, offsets)
-
-
-def pose_points(rest_points: np.ndarray, transforms: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Linear blend skinning of rest-pose points (N, 3) with weights (N, J)."""
-    blended = np.einsum("nj,jab->nab", weights, transforms)
-    return np.einsum("nab,nb->na", blended[:, :3, :3], rest_points) + blended[:, :3, 3]

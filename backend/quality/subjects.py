@@ -33,11 +33,12 @@ import torch
 from PIL import Image
 
 from backend.avatar.photo_colours import vertex_normals
+from backend.avatar.skinning import skin_points
 from backend.body.body_model import BodyModel
 from backend.inputs import BodyParams, write_params_json
 from backend.jobs.demo import novel_poses
 from backend.jobs.sample_subject import DISTANCE, FOCAL, frame_body, rough_estimate, subject_pose, textured_background
-from backend.quality.garments import Garments, body_offsets, pose_offsets, pose_points, skirt_mesh
+from backend.quality.garments import Garments, body_offsets, pose_offsets, skirt_mesh
 from shared.camera import PinholeCamera
 from shared.orbit import body_up, orbit_from_camera, view_bin
 from shared.smpl import JOINT_INDEX, PART_INDEX
@@ -259,7 +260,7 @@ def dressed_meshes(body: BodyModel, spec: SubjectSpec) -> tuple[np.ndarray, np.n
     if g.skirt:
         sk_v, sk_f, sk_w = skirt_mesh(r["rest"], r["weights"], r["hips"], r["waist"], r["knee"] + 0.04, g)
         n = len(verts[0])
-        skirt = [pose_points(sk_v, T, sk_w) for T in transforms]
+        skirt = [skin_points(sk_v, sk_w, T) for T in transforms]
         shade = [np.concatenate([s, baked_shade(v, sk_f, flip=False)]) for s, v in zip(shade, skirt)]
         verts = [np.concatenate([v, sv]) for v, sv in zip(verts, skirt)]
         faces = np.concatenate([faces, sk_f + n])
