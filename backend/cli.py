@@ -96,30 +96,65 @@ def _cmd_export(args) -> int:
     return 0
 
 
-def _cmd_serve(args) -> int:
-    import logging
-
+def _server_config(args):
+    """The front's settings, the same for `serve` and `farm`."""
     from backend.service.limits import WorkerLimits
-    from backend.service.server import CurveKeys, Server, ServerConfig
-    from backend.service.store import StoreInUse
+    from backend.service.server import CurveKeys, ServerConfig
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     curve = None
     if args.curve is not None:
         curve = CurveKeys(args.curve / "server.key_secret", args.curve / "clients")
+    limits = WorkerLimits(max_queued_fits=args.max_queued_fits, stream_ack_timeout_s=args.stream_ack_timeout)
+    return ServerConfig(store=args.store, bind=args.bind, port=args.port, device=args.device, curve=curve,
+                        preview_every=args.preview_every, limits=limits)
+
+
+def _run_server(args, make) -> int:
+    import logging
+
+    from backend.service.store import StoreInUse
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    cfg = _server_config(args)
     try:
-        limits = WorkerLimits(max_queued_fits=args.max_queued_fits, stream_ack_timeout_s=args.stream_ack_timeout)
-        server = Server(ServerConfig(store=args.store, bind=args.bind, port=args.port, device=args.device, curve=curve,
-                                     preview_every=args.preview_every, limits=limits))
+        server = make(cfg)
     except (ValueError, StoreInUse) as exc:
         raise AvatarError(str(exc)) from None
     print(f"serving on tcp://{args.bind}:{server.port} (store {args.store}, device {server.worker.device}"
-          f"{', CurveZMQ' if curve else ''})", flush=True)
+          f"{', CurveZMQ' if cfg.curve else ''})", flush=True)
     try:
         server.serve()
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def _cmd_serve(args) -> int:
+    from backend.service.server import Server
+
+    return _run_server(args, Server)
+
+
+def _cmd_farm(args) -> int:
+    import signal
+
+    from backend.farm.cluster import start_farm, stop_farm
+    from backend.farm.config import FarmConfig
+
+    cfg = FarmConfig(workers=args.workers, address=args.address, cpus_per_worker=args.cpus_per_worker,
+                     chunk_frames=args.chunk_frames)
+
+    def terminate(*_):   # SIGTERM stops like Ctrl-C: fits keep their checkpoints, Ray's processes end
+        raise KeyboardInterrupt
+
+    def make(server_cfg):
+        server = start_farm(server_cfg, cfg, say=lambda m: print(m, flush=True))
+        signal.signal(signal.SIGTERM, terminate)   # after ray.init, which installs its own
+        return server
+    try:
+        return _run_server(args, make)
+    finally:
+        stop_farm()
 
 
 def _cmd_keys(args) -> int:
@@ -340,20 +375,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_prior_args(demo)
     demo.set_defaults(func=_cmd_demo)
 
-    from backend.service.limits import WorkerLimits
-
     serve = sub.add_parser("serve", help="run the backend service")
-    serve.add_argument("--store", type=Path, default=DEFAULT_CACHE / "avatars", help="where avatars are kept")
-    serve.add_argument("--bind", default="127.0.0.1", help="interface; anything but localhost needs --curve")
-    serve.add_argument("--port", type=int, default=5557)
-    serve.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
-    serve.add_argument("--curve", type=Path, help="folder made by 'keys': server.key_secret + clients/")
-    serve.add_argument("--preview-every", type=int, default=25, help="fit iterations between preview images")
-    serve.add_argument("--max-queued-fits", type=int, default=WorkerLimits.max_queued_fits,
-                       help="fits waiting beyond this are refused with 'busy'")
-    serve.add_argument("--stream-ack-timeout", type=float, default=WorkerLimits.stream_ack_timeout_s,
-                       help="seconds a render stream waits for its client's ack before it is stopped")
+    _add_service_args(serve)
     serve.set_defaults(func=_cmd_serve)
+
+    from backend.farm.config import FarmConfig
+
+    farm = sub.add_parser("farm", help="run the backend service on a Ray cluster: workers behind one address "
+                                       "(docs/farm.md)")
+    _add_service_args(farm)
+    farm.add_argument("--address", help="join this running Ray cluster ('auto': the one on this machine); "
+                                         "default: start a local one")
+    farm.add_argument("--workers", type=int, default=FarmConfig.workers,
+                      help="backend workers (default: one per GPU; without GPUs one per --cpus-per-worker CPUs)")
+    farm.add_argument("--cpus-per-worker", type=int, default=FarmConfig.cpus_per_worker,
+                      help="CPU workers: threads each")
+    farm.add_argument("--chunk-frames", type=int, default=FarmConfig.chunk_frames,
+                      help="frames of a render stream a worker renders at a time")
+    farm.set_defaults(func=_cmd_farm)
 
     keys = sub.add_parser("keys", help="make CurveZMQ certificates for remote use")
     keys.add_argument("folder", type=Path)
@@ -407,6 +446,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_prior_args(bench)
     bench.set_defaults(func=_cmd_benchmark)
     return parser
+
+
+def _add_service_args(p) -> None:
+    from backend.service.limits import WorkerLimits
+
+    p.add_argument("--store", type=Path, default=DEFAULT_CACHE / "avatars", help="where avatars are kept")
+    p.add_argument("--bind", default="127.0.0.1", help="interface; anything but localhost needs --curve")
+    p.add_argument("--port", type=int, default=5557)
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    p.add_argument("--curve", type=Path, help="folder made by 'keys': server.key_secret + clients/")
+    p.add_argument("--preview-every", type=int, default=25, help="fit iterations between preview images")
+    p.add_argument("--max-queued-fits", type=int, default=WorkerLimits.max_queued_fits,
+                   help="fits waiting beyond this are refused with 'busy'")
+    p.add_argument("--stream-ack-timeout", type=float, default=WorkerLimits.stream_ack_timeout_s,
+                   help="seconds a render stream waits for its client's ack before it is stopped")
 
 
 def _add_input_args(p) -> None:

@@ -11,14 +11,22 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 class ServerProcess:
-    def __init__(self, store: Path, *extra: str):
+    """`python -m backend serve` (or `command`, e.g. "farm"); lines it prints before the address
+    are kept in `said` (a farm lists its workers there)."""
+
+    def __init__(self, store: Path, *extra: str, command: str = "serve", stderr=subprocess.DEVNULL):
         env = dict(os.environ, PYTHONPATH=str(ROOT))
-        self.proc = subprocess.Popen([sys.executable, "-m", "backend", "serve", "--port", "0", "--store", str(store),
+        self.proc = subprocess.Popen([sys.executable, "-m", "backend", command, "--port", "0", "--store", str(store),
                                       "--device", "cpu", *extra], stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL, text=True, env=env, cwd=ROOT)
-        line = self.proc.stdout.readline()
-        m = re.search(r"tcp://127\.0\.0\.1:(\d+)", line)
-        assert m, f"server did not start: {line!r}"
+                                     stderr=stderr, text=True, env=env, cwd=ROOT)
+        self.said = []
+        while True:
+            line = self.proc.stdout.readline()
+            m = re.search(r"serving on tcp://127\.0\.0\.1:(\d+)", line)
+            if m or not line:
+                break
+            self.said.append(line.strip())
+        assert m, f"server did not start: {self.said[-5:]} {line!r}"
         self.address = f"tcp://127.0.0.1:{m.group(1)}"
 
     def rss_kb(self) -> int:

@@ -2,7 +2,8 @@
 
 Threads: the network loop (this module's `serve`) owns the sockets: it validates every inbound
 message, answers the cheap ones (hello, ping, list, cancel, ack) itself and queues the rest for
-the single compute worker (backend/service/worker.py). The worker sends its replies through an
+the single compute worker (backend/service/worker.py), or, in a farm, for the dispatcher that
+hands them to Ray actors (backend/farm/dispatcher.py). The worker sends its replies through an
 inproc PUSH socket that the network loop forwards, so no socket is ever shared by two threads.
 Renders asked for while a fit runs are answered between fit iterations.
 """
@@ -17,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-from backend.service.store import AvatarStore
 from backend.service.limits import WorkerLimits
-from backend.service.worker import Stream, Worker
+from backend.service.store import AvatarStore
+from backend.service.tasks import Stream
 from shared import protocol as P
 from shared.camera import MAX_IMAGE_SIDE, PinholeCamera
 
@@ -48,7 +49,9 @@ class ServerConfig:
 
 
 class Server:
-    def __init__(self, cfg: ServerConfig):
+    def __init__(self, cfg: ServerConfig, make_worker=None):
+        """make_worker(ctx, outbox_address, store): what computes (default: the single compute
+        Worker; the farm's front passes its Ray dispatcher, backend/farm/)."""
         if cfg.bind not in LOCAL_HOSTS and cfg.curve is None:
             raise ValueError(f"refusing to listen on {cfg.bind} without CurveZMQ keys: remote clients must "
                              f"authenticate (make keys with 'avatar-backend keys DIR', pass --curve DIR)")
@@ -78,8 +81,13 @@ class Server:
         self.outbox_address = f"inproc://outbox-{id(self)}"
         self.outbox = self.ctx.socket(zmq.PULL)
         self.outbox.bind(self.outbox_address)
-        self.worker = Worker(self.ctx, self.outbox_address, self.store, device=cfg.device,
-                             preview_every=cfg.preview_every, limits=cfg.limits)
+        if make_worker is None:
+            from backend.service.worker import Worker   # torch: only where it computes
+
+            def make_worker(ctx, outbox, store):
+                return Worker(ctx, outbox, store, device=cfg.device, preview_every=cfg.preview_every,
+                              limits=cfg.limits)
+        self.worker = make_worker(self.ctx, self.outbox_address, self.store)
         self.clients: dict[bytes, float] = {}   # identity -> last seen
         self._stop = threading.Event()
 

@@ -13,7 +13,9 @@ job.json exists.
 
 The store holds people's photos: its folder is private to the user (0700). One server owns a
 store at a time (`<store>/.lock`, an exclusive flock held while the server runs): two servers
-resuming the same fits would overwrite each other's checkpoints.
+resuming the same fits would overwrite each other's checkpoints. A farm's workers open the
+store their front holds without the lock; of them only the worker running a fit writes (its
+avatar file), the front writes everything else.
 """
 from __future__ import annotations
 
@@ -45,12 +47,14 @@ class StoreInUse(RuntimeError):
 
 
 class AvatarStore:
-    def __init__(self, root):
+    def __init__(self, root, lock: bool = True):
+        """lock=False: a farm worker's view of a store its front serves (and holds locked)."""
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.root, 0o700)
         self._lock_file = None
-        self._lock()
+        if lock:
+            self._lock()
 
     def _lock(self) -> None:
         try:
