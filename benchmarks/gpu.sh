@@ -8,7 +8,7 @@
 # so scripts/env.sh cannot build its environment there). About
 # 5 minutes on an H100/H200: the speed table (quick and full fits, renders at 256² and 512²,
 # two rendering batch sizes), the profile of a full iteration and a 512² frame (kernel
-# launches, host read-backs), and the service's streaming rate over loopback.
+# launches, host read-backs), the service's streaming rate over loopback, and the farm's.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-${OUT:-out/gpu}}
@@ -23,4 +23,6 @@ run $py benchmarks/speed.py --device cuda --presets quick full --iterations 30 -
     --json "$out/speed.json" 2>&1 | tee "$out/speed.txt"
 run $py benchmarks/profile_step.py --device cuda --preset full --iterations 10 --rows 25 2>&1 | tee "$out/profile.txt"
 run $py benchmarks/service.py --device cuda 2>&1 | tee "$out/service.txt"
+# the farm: one worker per GPU against `serve` (needs ray among the wheels)
+run $py benchmarks/farm.py --device cuda --sizes 256 512 --configs serve farm:auto 2>&1 | tee "$out/farm.txt"
 exit $status

@@ -174,16 +174,19 @@ def test_restart_lists_avatars_and_resumes_a_killed_fit(tmp_path, subject):
     assert not list(store.glob("*/.*.tmp"))  # no half-written file was left to be read
 
 
-def test_curve_keys_admit_only_known_clients(tmp_path):
+@pytest.mark.parametrize("command", ["serve", "farm"])
+def test_curve_keys_admit_only_known_clients(tmp_path, command):
+    """The same rules for one backend and for a farm's front (docs/farm.md)."""
     keys = tmp_path / "keys"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     subprocess.run([sys.executable, "-m", "backend", "keys", str(keys), "--client", "artist"], check=True,
                    env=env, cwd=ROOT, capture_output=True)
-    server = ServerProcess(tmp_path / "store", "--curve", str(keys))
+    extra = ("--workers", "1") if command == "farm" else ()
+    server = ServerProcess(tmp_path / "store", "--curve", str(keys), *extra, command=command)
     try:
         with ServiceClient(server.address, timeout=20, server_key=keys / "server.key",
                            client_key=keys / "artist.key_secret") as c:
-            assert c.hello()["device"] == "cpu"
+            assert c.hello()["device"] == {"serve": "cpu", "farm": "farm: 1 x cpu"}[command]
         stranger = tmp_path / "stranger"
         import zmq.auth
         stranger.mkdir()
@@ -198,7 +201,7 @@ def test_curve_keys_admit_only_known_clients(tmp_path):
     finally:
         server.kill(signal.SIGTERM)
     # listening beyond localhost without keys is refused
-    proc = subprocess.run([sys.executable, "-m", "backend", "serve", "--bind", "0.0.0.0", "--port", "0",
+    proc = subprocess.run([sys.executable, "-m", "backend", command, "--bind", "0.0.0.0", "--port", "0",
                            "--store", str(tmp_path / "s2")], env=env, cwd=ROOT, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 2 and "CurveZMQ" in proc.stderr

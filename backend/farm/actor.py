@@ -33,6 +33,9 @@ class FarmWorker:
         self.engine = Engine(AvatarStore(store, lock=False), device=device, preview_every=preview_every)
         self._fits: dict[str, tuple[threading.Event, collections.deque]] = {}
         self._lock = threading.Lock()
+        # renders take turns: a worker is one GPU or CPU slot, and the front keeps the next task
+        # queued here so the slot never idles between tasks (a fit runs beside them)
+        self._render_turn = threading.Lock()
 
     def describe(self, max_side: int) -> dict:
         import ray
@@ -49,14 +52,16 @@ class FarmWorker:
     def answer(self, req: RenderRequest):
         """A single render, load or export: its answer message."""
         try:
-            return answer(self.engine, req)
+            with self._render_turn:
+                return answer(self.engine, req)
         except Exception as exc:  # noqa: BLE001 - the asker's error reply, the worker goes on
             return error_message(exc, "render")
 
     def frames(self, avatar_id: str, views: list, fmt: str, depth: bool):
         """A chunk of a render stream: [(frames, seconds), ...] in order, or an `error` message."""
         try:
-            return [self.engine.frame(avatar_id, v, fmt, depth) for v in views]
+            with self._render_turn:
+                return [self.engine.frame(avatar_id, v, fmt, depth) for v in views]
         except Exception as exc:  # noqa: BLE001
             return error_message(exc, "render")
 

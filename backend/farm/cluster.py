@@ -38,7 +38,12 @@ def connect(cfg: FarmConfig, workers_wanted: int) -> None:
     # workers report through their answers; their own logs stay in Ray's session folder
     common = dict(runtime_env=_runtime_env(cfg), log_to_driver=False, configure_logging=False)
     if cfg.address:
-        ray.init(address=cfg.address, **common)
+        try:
+            ray.init(address=cfg.address, **common)
+        except (ConnectionError, RuntimeError) as exc:   # no cluster there, or Ray's token does not match
+            raise AvatarError(f"could not join the Ray cluster at {cfg.address}: {str(exc).splitlines()[0][:300]} "
+                              f"(is it running, and do RAY_AUTH_MODE / RAY_AUTH_TOKEN match its nodes'? "
+                              f"see docs/farm.md)") from None
         return
     cpus = os.cpu_count() or 1
     if workers_wanted:   # more CPU workers than cores is allowed (they share the cores), said once
