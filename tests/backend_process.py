@@ -51,3 +51,12 @@ def store_with(tmp_path: Path, fitted: Path, *ids: str) -> Path:
 
 def view(subject, scale=0.5) -> dict:
     return {"pose": subject["pose"], "transl": subject["transl"], "camera": subject["camera"].scaled(scale)}
+
+
+def check_fit_progress(seen: list, iterations: int) -> None:
+    """A fit's progress as a client saw it: stage A then B, B's iterations in order up to the end."""
+    stages = [m.fields["stage"] for m in seen]
+    assert "A" in stages and "B" in stages
+    b_iters = [m.fields["iteration"] for m in seen
+               if m.fields["stage"] == "B" and "preview" not in m.frames and m.fields["body"] is None]
+    assert b_iters == sorted(b_iters) and b_iters[-1] == iterations and seen[-1].fields["total"] == iterations

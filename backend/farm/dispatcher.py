@@ -19,7 +19,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
-import threading
 import time
 
 import ray
@@ -28,7 +27,7 @@ import zmq
 from backend.farm.config import FarmConfig
 from backend.service.limits import WorkerLimits
 from backend.service.store import AvatarStore
-from backend.service.tasks import FitJob, RenderRequest, Stream, room
+from backend.service.tasks import FitJob, Stream, TaskQueues, room
 from backend.service.worker import ack_timeout_message, progress_status, stream_window
 from shared import protocol as P
 from shared.camera import MAX_IMAGE_SIDE
@@ -74,69 +73,40 @@ class RunningFit:
     next_poll: float = 0.0
 
 
-class FarmDispatcher(threading.Thread):
+class FarmDispatcher(TaskQueues):
     def __init__(self, ctx: zmq.Context, outbox: str, store: AvatarStore, workers: list[FarmWorkerHandle],
                  info: dict, status: dict, cfg: FarmConfig = FarmConfig(), limits: WorkerLimits = WorkerLimits()):
         """info: a worker's describe() (capabilities, fit warnings); status: the store's avatars
         as a worker's scan() found them."""
-        super().__init__(name="avatar-farm", daemon=True)
-        self.ctx, self.outbox_address, self.store = ctx, outbox, store
-        self.workers, self.cfg, self.limits = workers, cfg, limits
+        super().__init__("avatar-farm", store, limits, status)
+        self.ctx, self.outbox_address = ctx, outbox
+        self.workers, self.cfg = workers, cfg
         caps = info["capabilities"]
         self.device = f"farm: {len(workers)} x {caps['device']}"
         self.presets = tuple(caps["presets"])
         self._capabilities = {**caps, "device": self.device[:64]}
         self._warnings = list(info["warnings"])
-        self.status = status
-        self.failures, self.last_error = 0, None
-        self.lock = threading.Condition()
-        self.fits: collections.deque[FitJob] = collections.deque()
-        self.renders: collections.deque[tuple[RenderRequest, int]] = collections.deque()   # (request, tries)
-        self.streams: list[FarmStream] = []
         self.running: dict[str, RunningFit] = {}
         self._cancels: list[tuple[FarmWorkerHandle, str]] = []
         self._pending: dict = {}    # ObjectRef -> (kind, worker, what)
         self._stopping = False
 
     # ------------------------------------------------------------------ called by the network thread
-    def health(self) -> dict:
+    def serving(self) -> bool:
         with self.lock:
-            queued = len(self.fits) + len(self.renders) + len(self.streams)
-            alive = self.is_alive() and any(not w.down for w in self.workers)
-        return {"alive": alive, "failures": self.failures, "last_error": self.last_error, "queued": queued}
+            return self.is_alive() and any(not w.down for w in self.workers)
 
     def capabilities(self, max_side: int) -> dict:
         return {**self._capabilities, "max_image_side": min(max_side, self._capabilities["max_image_side"])}
 
-    def check_room_for_fit(self) -> None:
-        with self.lock:
-            room(self.fits, self.limits.max_queued_fits, "fits are already queued")
-
-    def list_avatars(self) -> list[dict]:
-        with self.lock:
-            return [{"id": i, "stage": s["stage"], "iteration": s["iteration"], "preset": s["preset"],
-                     "name": s.get("name") or None} for i, s in self.status.items()]
-
-    def known_avatars(self) -> set[str]:
-        with self.lock:
-            return set(self.status)
-
-    def submit_fit(self, avatar_id: str, identity: bytes, request_id: int) -> list[str]:
-        job = self.store.job(avatar_id)
-        with self.lock:
-            self.status[avatar_id] = {"stage": "queued", "iteration": 0, "preset": job["preset"], "name": job["name"]}
-            self.fits.append(FitJob(avatar_id, identity, request_id))
-            self.lock.notify_all()
+    def fit_warnings(self) -> list[str]:
         return list(self._warnings)
 
     def cancel(self, job_id: str) -> bool:
         with self.lock:
-            for job in list(self.fits):
-                if job.avatar_id == job_id:
-                    self.fits.remove(job)
-                    self.running.pop(job_id, None)   # one whose worker died, waiting to resume
-                    self._set_status(job_id, stage="cancelled")
-                    return True
+            if self.dequeue_fit(job_id):
+                self.running.pop(job_id, None)   # one whose worker died, waiting to resume
+                return True
             run = self.running.get(job_id)
             if run is not None:
                 run.job.cancel.set()
@@ -144,22 +114,6 @@ class FarmDispatcher(threading.Thread):
                 self.lock.notify_all()
                 return True
         return False
-
-    def submit_render(self, identity: bytes, request_id: int, avatar: str, view: dict, fmt: str,
-                      depth: bool = False) -> None:
-        self._queue_render(RenderRequest(identity, request_id, avatar, view, fmt, depth=depth))
-
-    def submit_load(self, identity: bytes, request_id: int, avatar: str) -> None:
-        self._queue_render(RenderRequest(identity, request_id, avatar, {}, "", load_only=True))
-
-    def submit_export(self, identity: bytes, request_id: int, avatar: str, settings: dict) -> None:
-        self._queue_render(RenderRequest(identity, request_id, avatar, {}, "", export=settings))
-
-    def _queue_render(self, req: RenderRequest) -> None:
-        with self.lock:
-            room(self.renders, self.limits.max_queued_renders, "renders are already waiting")
-            self.renders.append((req, 0))
-            self.lock.notify_all()
 
     def submit_stream(self, stream: Stream) -> None:
         n, size = len(stream.views), max(1, self.cfg.chunk_frames)
@@ -198,14 +152,7 @@ class FarmDispatcher(threading.Thread):
             for fs in self.streams:
                 if fs.stream.identity == identity:
                     fs.stream.cancelled = True
-            self.renders = collections.deque(r for r in self.renders if r[0].identity != identity)
-            self.lock.notify_all()
-
-    def resume_unfinished(self) -> None:
-        with self.lock:
-            for avatar_id, st in self.status.items():
-                if st["stage"] not in ("done", "cancelled", "failed"):
-                    self.fits.append(FitJob(avatar_id, None, 0))
+            self.renders = collections.deque(r for r in self.renders if r.identity != identity)
             self.lock.notify_all()
 
     def stop(self) -> None:
@@ -272,13 +219,10 @@ class FarmDispatcher(threading.Thread):
         self.last_error = f"{what}: {message}"[:P.MAX_STRING]
 
     def _set_status(self, avatar_id: str, **values) -> None:
-        self.status.setdefault(avatar_id, {"stage": "queued", "iteration": 0, "preset": "", "name": ""})
-        self.status[avatar_id].update(values)
-        if values.get("stage") in ("cancelled", "failed"):
-            try:
-                self.store.set_state(avatar_id, values["stage"])
-            except OSError:
-                log.exception("recording the %s fit %s", values["stage"], avatar_id)
+        try:
+            super()._set_status(avatar_id, **values)
+        except OSError:   # e.g. a full disk: the client still gets its answer; a restart retries the fit
+            log.exception("recording the %s fit %s", values.get("stage"), avatar_id)
 
     # ------------------------------------------------------------------ placing work (under lock)
     def _pick(self, avoid: FarmWorkerHandle | None = None) -> FarmWorkerHandle | None:
@@ -299,8 +243,8 @@ class FarmDispatcher(threading.Thread):
             worker = self._pick()
             if worker is None:
                 break
-            req, tries = self.renders.popleft()
-            self._submit(worker, "answer", (req, tries), "answer", req)
+            req = self.renders.popleft()
+            self._submit(worker, "answer", req, "answer", req)
         lookahead = self.cfg.chunk_frames * self.cfg.tasks_per_worker * len(self.workers)
         for fs in [fs for fs in self.streams if fs.stream.cancelled]:
             self.streams.remove(fs)
@@ -381,14 +325,13 @@ class FarmDispatcher(threading.Thread):
     def _lost_probe(self, worker, _) -> None:
         worker.probing, worker.probe_at = False, time.monotonic() + 1.0   # still restarting
 
-    def _got_answer(self, worker, what, message) -> None:
-        req, _ = what
+    def _got_answer(self, worker, req, message) -> None:
         self._send(req.identity, *message, id=req.request_id)
 
-    def _lost_answer(self, worker, what) -> None:
-        req, tries = what
-        if tries + 1 < self.cfg.chunk_attempts:
-            self.renders.appendleft((req, tries + 1))
+    def _lost_answer(self, worker, req) -> None:
+        req.tries += 1
+        if req.tries < self.cfg.chunk_attempts:
+            self.renders.appendleft(req)
         else:
             self._send(req.identity, "error", {"code": P.INTERNAL, "message": "render failed: its workers died"},
                        id=req.request_id)

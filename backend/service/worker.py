@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import threading
 import time
 
 import zmq
@@ -24,92 +23,39 @@ from backend.errors import AvatarError
 from backend.service.engine import Engine, FitCancelled
 from backend.service.limits import WorkerLimits
 from backend.service.store import AvatarStore
-from backend.service.tasks import FitJob, RenderRequest, Stream, room
+from backend.service.tasks import FitJob, RenderRequest, Stream, TaskQueues, room
 from shared import protocol as P
 
 log = logging.getLogger("avatar.worker")
 
 
-
-class Worker(threading.Thread):
+class Worker(TaskQueues):
     def __init__(self, ctx: zmq.Context, outbox: str, store: AvatarStore, device: str = "auto",
                  preview_every: int = 25, limits: WorkerLimits = WorkerLimits()):
-        super().__init__(name="avatar-worker", daemon=True)
-        self.ctx, self.outbox_address, self.store = ctx, outbox, store
-        self.engine = Engine(store, device=device, preview_every=preview_every)
-        self.device, self.presets = self.engine.device, self.engine.presets
-        self.limits = limits
-        self.failures = 0
-        self.last_error: str | None = None
-        self.lock = threading.Condition()
-        self.fits: collections.deque[FitJob] = collections.deque()
-        self.renders: collections.deque[RenderRequest] = collections.deque()
-        self.streams: collections.deque[Stream] = collections.deque()
+        engine = Engine(store, device=device, preview_every=preview_every)
+        super().__init__("avatar-worker", store, limits, engine.scan_store())
+        self.ctx, self.outbox_address, self.engine = ctx, outbox, engine
+        self.device, self.presets = engine.device, engine.presets
         self.running: FitJob | None = None
         self._stopping = False
         # seconds a single render waited during a fit (the latest ones: memory stays bounded)
         self.render_delays: collections.deque[float] = collections.deque(maxlen=1000)
-        self.status: dict[str, dict] = self.engine.scan_store()
 
     # ------------------------------------------------------------------ called by the network thread
-    def health(self) -> dict:
-        with self.lock:
-            queued = len(self.fits) + len(self.renders) + len(self.streams)
-        return {"alive": self.is_alive(), "failures": self.failures, "last_error": self.last_error,
-                "queued": queued}
-
-    def check_room_for_fit(self) -> None:
-        """Called before a fit's inputs are stored: a full queue stores nothing."""
-        with self.lock:
-            room(self.fits, self.limits.max_queued_fits, "fits are already queued")
-
     def capabilities(self, max_side: int) -> dict:
         return self.engine.capabilities(max_side)
 
-    def list_avatars(self) -> list[dict]:
-        with self.lock:
-            return [{"id": i, "stage": s["stage"], "iteration": s["iteration"], "preset": s["preset"],
-                     "name": s.get("name") or None} for i, s in self.status.items()]
-
-    def known_avatars(self) -> set[str]:
-        with self.lock:
-            return set(self.status)
-
-    def submit_fit(self, avatar_id: str, identity: bytes, request_id: int) -> list[str]:
-        job = self.store.job(avatar_id)
-        with self.lock:
-            self.status[avatar_id] = {"stage": "queued", "iteration": 0, "preset": job["preset"], "name": job["name"]}
-            self.fits.append(FitJob(avatar_id, identity, request_id))
-            self.lock.notify_all()
+    def fit_warnings(self) -> list[str]:
         return self.engine.fit_warnings()
 
     def cancel(self, job_id: str) -> bool:
         with self.lock:
-            for job in list(self.fits):
-                if job.avatar_id == job_id:
-                    self.fits.remove(job)
-                    self._set_status(job_id, stage="cancelled")
-                    return True
+            if self.dequeue_fit(job_id):
+                return True
             if self.running is not None and self.running.avatar_id == job_id:
                 self.running.cancel.set()
                 return True
         return False
-
-    def submit_render(self, identity: bytes, request_id: int, avatar: str, view: dict, fmt: str,
-                      depth: bool = False) -> None:
-        self._queue_render(RenderRequest(identity, request_id, avatar, view, fmt, depth=depth))
-
-    def submit_load(self, identity: bytes, request_id: int, avatar: str) -> None:
-        self._queue_render(RenderRequest(identity, request_id, avatar, {}, "", load_only=True))
-
-    def submit_export(self, identity: bytes, request_id: int, avatar: str, settings: dict) -> None:
-        self._queue_render(RenderRequest(identity, request_id, avatar, {}, "", export=settings))
-
-    def _queue_render(self, req: RenderRequest) -> None:
-        with self.lock:
-            room(self.renders, self.limits.max_queued_renders, "renders are already waiting")
-            self.renders.append(req)
-            self.lock.notify_all()
 
     def submit_stream(self, stream: Stream) -> None:
         with self.lock:
@@ -149,14 +95,6 @@ class Worker(threading.Thread):
                 if s.identity == identity:
                     s.cancelled = True
             self.renders = collections.deque(r for r in self.renders if r.identity != identity)
-            self.lock.notify_all()
-
-    def resume_unfinished(self) -> None:
-        """After a restart: fits that were queued or running continue (from their checkpoint)."""
-        with self.lock:
-            for avatar_id, st in self.status.items():
-                if st["stage"] not in ("done", "cancelled"):
-                    self.fits.append(FitJob(avatar_id, None, 0))
             self.lock.notify_all()
 
     def stop(self) -> None:
@@ -261,13 +199,6 @@ class Worker(threading.Thread):
                     return
                 req = self.renders.popleft()
             self._render_request(req)
-
-    def _set_status(self, avatar_id: str, **values) -> None:
-        with self.lock:
-            self.status.setdefault(avatar_id, {"stage": "queued", "iteration": 0, "preset": "", "name": ""})
-            self.status[avatar_id].update(values)
-        if values.get("stage") in ("cancelled", "failed"):
-            self.store.set_state(avatar_id, values["stage"])
 
     # ------------------------------------------------------------------ renders
     def _render_request(self, req: RenderRequest) -> None:
