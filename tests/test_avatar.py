@@ -552,3 +552,24 @@ def test_part_crops_count_only_what_the_camera_sees(body_shaped, subject):
     far, near = PART_INDEX["right_hand_forearm"], PART_INDEX["left_hand_forearm"]
     assert all_[1][far] and (not seen[1][far] or area(seen[0][far]) < 0.8 * area(all_[0][far]))
     assert seen[1][near] and area(seen[0][near]) > 0.9 * area(all_[0][near])
+
+
+def test_a_back_plane_separates_the_back_from_the_front(open_body, subject):
+    """FieldConfig.back_plane: points behind the body's mid-surface read their own XY plane,
+    points in front the shared one; the mid-surface lies inside the body."""
+    cfg = dataclasses.replace(tiny(), field=dataclasses.replace(tiny().field, back_plane=0.02))
+    avatar = Avatar(open_body, subject["betas"], cfg.field, cfg.motion, cfg.render)
+    field, rest = avatar.field, avatar.rest_vertices
+    chest = rest[(rest[:, 0].abs() < 0.05) & ((rest[:, 1] - 0.25).abs() < 0.05)]   # a slice through the chest
+    front_z, back_z = chest[:, 2].max().item(), chest[:, 2].min().item()
+    x, y = 0.0, 0.25
+    grid = field.normalise(torch.tensor([[x, y, 0.0]]))[:, :2][None, None]
+    mid = torch.nn.functional.grid_sample(field.mid_z, grid, align_corners=False).item()
+    assert back_z + 0.02 < mid < front_z - 0.02
+    points = torch.tensor([[x, y, front_z], [x, y, back_z]])
+    before = field.features(points).detach()
+    with torch.no_grad():
+        field.plane_xy_back.add_(1.0)
+    change = (field.features(points).detach() - before)[:, :cfg.field.channels].abs().mean(1)
+    assert change[0] < 0.1 and change[1] > 0.9   # only the back point's features moved
+    assert "field.plane_xy_back" in avatar.avatar_state() and "field.mid_z" in avatar.avatar_state()

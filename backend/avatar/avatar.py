@@ -42,6 +42,8 @@ class Avatar(torch.nn.Module):
         box_min, box_max = rest_v.min(0) - pad, rest_v.max(0) + pad
         self.register_buffer("rest_vertices", torch.from_numpy(rest_v))
         self.field = make_field(box_min, box_max, field_cfg)
+        if hasattr(self.field, "set_mid_surface"):
+            self.field.set_mid_surface(torch.from_numpy(rest_v))
         self.skin = SkinningVolume(box_min, box_max, rest_v, body.weights.detach().cpu().numpy(),
                                    motion_cfg.weight_voxel)
         self.pose_corrector = PoseCorrector(motion_cfg.pose_hidden) if motion_cfg.pose_correction else None

@@ -37,6 +37,10 @@ class FieldConfig:
     channels: int = 16        # features per plane
     hidden: int = 64          # MLP width
     layers: int = 2           # hidden layers
+    # metres; > 0: the back of the body reads its own XY plane, blended into the front's over about
+    # this depth around the body's mid-surface (0: front and back share one XY plane, so the back
+    # starts as a faded copy of the front)
+    back_plane: float = 0.0
 
 
 class TriPlaneField(torch.nn.Module):
@@ -57,6 +61,10 @@ class TriPlaneField(torch.nn.Module):
         self.plane_xy = torch.nn.Parameter(0.1 * torch.randn(1, c, ry, rx))
         self.plane_xz = torch.nn.Parameter(0.1 * torch.randn(1, c, rz, rx))
         self.plane_yz = torch.nn.Parameter(0.1 * torch.randn(1, c, rz, ry))
+        if cfg.back_plane > 0:
+            self.plane_xy_back = torch.nn.Parameter(0.1 * torch.randn(1, c, ry, rx))
+            # the body's mid-surface depth (z, metres) over the XY plane; set_mid_surface fills it
+            self.register_buffer("mid_z", torch.zeros(1, 1, ry, rx))
         layers, width = [], 3 * c
         for _ in range(cfg.layers):
             layers += [torch.nn.Linear(width, cfg.hidden), torch.nn.ReLU(inplace=True)]
@@ -68,6 +76,24 @@ class TriPlaneField(torch.nn.Module):
         """Canonical points (N, 3) in metres -> [-1, 1]^3 over the box."""
         return to_unit_box(points, self.box_min, self.box_max)
 
+    def set_mid_surface(self, vertices: torch.Tensor, blur: int = 5) -> None:
+        """The body's mid-surface between front and back: at each XY texel the mean depth of the
+        rest-pose vertices near it (box-blurred over `blur` texels; the mean of all elsewhere)."""
+        if self.cfg.back_plane <= 0:
+            return
+        rx, ry = self.resolution[0], self.resolution[1]
+        p = self.normalise(vertices.to(self.box_min))
+        ix = ((p[:, 0] + 1) / 2 * rx).long().clamp(0, rx - 1)
+        iy = ((p[:, 1] + 1) / 2 * ry).long().clamp(0, ry - 1)
+        z = vertices[:, 2].to(self.box_min)
+        total = torch.zeros(ry * rx, device=z.device).index_add_(0, iy * rx + ix, z)
+        count = torch.zeros(ry * rx, device=z.device).index_add_(0, iy * rx + ix, torch.ones_like(z))
+        grids = torch.stack([total, count]).reshape(1, 2, ry, rx)
+        grids = F.avg_pool2d(grids, blur, stride=1, padding=blur // 2, count_include_pad=False)
+        mid = torch.where(grids[0, 1] > 0, grids[0, 0] / grids[0, 1].clamp_min(1e-9), z.mean())
+        with torch.no_grad():
+            self.mid_z.copy_(mid.reshape(1, 1, ry, rx))
+
     def features(self, points: torch.Tensor) -> torch.Tensor:
         p = self.normalise(points)
 
@@ -75,7 +101,11 @@ class TriPlaneField(torch.nn.Module):
             grid = torch.stack([p[:, a], p[:, b]], -1)[None, None]  # (1, 1, N, 2): x=col, y=row
             return F.grid_sample(plane, grid, mode="bilinear", padding_mode="border",
                                  align_corners=False)[0, :, 0].t()
-        return torch.cat([read(self.plane_xy, 0, 1), read(self.plane_xz, 0, 2), read(self.plane_yz, 1, 2)], -1)
+        xy = read(self.plane_xy, 0, 1)
+        if self.cfg.back_plane > 0:
+            front = torch.sigmoid((points[:, 2:3] - read(self.mid_z, 0, 1)) / self.cfg.back_plane)
+            xy = front * xy + (1 - front) * read(self.plane_xy_back, 0, 1)
+        return torch.cat([xy, read(self.plane_xz, 0, 2), read(self.plane_yz, 1, 2)], -1)
 
     def forward(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """points (N, 3) canonical -> density (N,) in 1/m, rgb (N, 3). Points outside the box
@@ -92,7 +122,10 @@ class TriPlaneField(torch.nn.Module):
         """Total variation of the planes: a mild prior against high-frequency noise in regions
         only the (noisy) CLIP gradient reaches."""
         tv = 0.0
-        for plane in (self.plane_xy, self.plane_xz, self.plane_yz):
+        planes = [self.plane_xy, self.plane_xz, self.plane_yz]
+        if self.cfg.back_plane > 0:
+            planes.append(self.plane_xy_back)
+        for plane in planes:
             tv = tv + (plane[..., 1:, :] - plane[..., :-1, :]).pow(2).mean() \
                 + (plane[..., :, 1:] - plane[..., :, :-1]).pow(2).mean()
         return tv

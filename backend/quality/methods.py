@@ -106,6 +106,9 @@ METHODS = (
            "samples over 2 cm behind their ray's first surface start inverse skinning from their nearest bone, "
            "not from that surface's weights (issue 14: skinning along a ray)", default=False,
            change=lambda c: dataclasses.replace(c, render=dataclasses.replace(c.render, nearest_bone_behind=0.02))),
+    Method("back_plane", "+ a back plane", "the tri-plane's XY plane split at the body's mid-surface (blended over "
+           "2 cm): the back no longer starts as a faded copy of the front (issue 14: field)", default=False,
+           change=lambda c: dataclasses.replace(c, field=dataclasses.replace(c.field, back_plane=0.02))),
     Method("one_band", "w/o the second band behind faint surfaces",
            "rays are marched in one band around their first body surface only, as before issue 14's second band "
            "(a faint hand then shows the background through the thigh behind it)", default=False,
