@@ -249,21 +249,8 @@ class FarmDispatcher(TaskQueues):
         for fs in [fs for fs in self.streams if fs.stream.cancelled]:
             self.streams.remove(fs)
         for fs in self.streams:
-            s = fs.stream
-            while fs.retry or fs.next_chunk < len(fs.chunks):
-                number = fs.retry[0] if fs.retry else fs.next_chunk
-                if fs.chunks[number].start > s.acked + s.window + lookahead:
-                    break   # far enough ahead of the client
-                worker = self._pick(avoid=fs.avoid.get(number))
-                if worker is None:
-                    return
-                if fs.retry:
-                    fs.retry.popleft()
-                else:
-                    fs.next_chunk += 1
-                fs.attempts[number] = fs.attempts.get(number, 0) + 1
-                views = [s.views[i] for i in fs.chunks[number]]
-                self._submit(worker, "chunk", (fs, number), "frames", s.avatar, views, s.format, s.depth)
+            if not self._place_chunks(fs, lookahead):
+                break   # every worker has its render tasks: fits may still go to one that is not fitting
         while self.fits:
             idle = [w for w in self.workers if not w.down and w.fit is None]
             if not idle:
@@ -275,6 +262,26 @@ class FarmDispatcher(TaskQueues):
             self.running[job.avatar_id] = run
             self._set_status(job.avatar_id, stage="A", iteration=0)
             self._submit(worker, "fit", run, "fit", job.avatar_id, job.identity is not None)
+
+    def _place_chunks(self, fs: FarmStream, lookahead: int) -> bool:
+        """Submit the stream's next chunks (retries first) as far as workers have room and the
+        client's acks allow; False when no worker had room."""
+        s = fs.stream
+        while fs.retry or fs.next_chunk < len(fs.chunks):
+            number = fs.retry[0] if fs.retry else fs.next_chunk
+            if fs.chunks[number].start > s.acked + s.window + lookahead:
+                return True   # far enough ahead of the client
+            worker = self._pick(avoid=fs.avoid.get(number))
+            if worker is None:
+                return False
+            if fs.retry:
+                fs.retry.popleft()
+            else:
+                fs.next_chunk += 1
+            fs.attempts[number] = fs.attempts.get(number, 0) + 1
+            views = [s.views[i] for i in fs.chunks[number]]
+            self._submit(worker, "chunk", (fs, number), "frames", s.avatar, views, s.format, s.depth)
+        return True
 
     def _poll_fits(self) -> None:
         now = time.monotonic()
