@@ -147,6 +147,15 @@ def test_a_fit_whose_worker_dies_resumes_on_another(farm, subject_128):
         assert c.render(job, s["pose"], s["transl"], s["camera"]).shape == (128, 128, 4)
 
 
+def test_the_farm_front_imports_no_torch():
+    """The front only dispatches: torch is loaded by the workers, not by it."""
+    code = ("import sys; import backend.farm.cluster, backend.farm.dispatcher, backend.farm.actor;"
+            "assert 'torch' not in sys.modules, 'torch was imported'")
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+
+
 def test_serve_imports_no_ray(tmp_path):
     """The single-machine path stays free of Ray: its server, worker and command line."""
     code = ("import sys; from backend.cli import build_parser; build_parser();"

@@ -14,10 +14,8 @@ import os
 import threading
 
 from backend.errors import AvatarError
-from backend.service.engine import Engine, FitCancelled
 from backend.service.store import AvatarStore
-from backend.service.tasks import RenderRequest
-from backend.service.worker import answer, error_message
+from backend.service.tasks import RenderRequest, answer, error_message
 from shared import protocol as P
 
 log = logging.getLogger("avatar.farm.worker")
@@ -26,7 +24,9 @@ PROGRESS_KEPT = 64   # progress messages a fit keeps for the front (it collects 
 
 class FarmWorker:
     def __init__(self, store: str, device: str, preview_every: int, cpus: int):
-        import torch
+        import torch   # here, not at the top: the front imports this class only to hand it to Ray
+
+        from backend.service.engine import Engine
 
         if device == "cpu" or not torch.cuda.is_available():
             torch.set_num_threads(max(1, cpus))
@@ -69,6 +69,8 @@ class FarmWorker:
         """Fit (or resume) a stored avatar. {"outcome": done | cancelled | bad_input | failed,
         "message": the answer, "iteration": the last one, "progress": the progress messages
         `progress` has not handed out yet}."""
+        from backend.service.engine import FitCancelled
+
         cancel, messages = threading.Event(), collections.deque(maxlen=PROGRESS_KEPT)
         with self._lock:
             self._fits[avatar_id] = (cancel, messages)

@@ -27,8 +27,7 @@ import zmq
 from backend.farm.config import FarmConfig
 from backend.service.limits import WorkerLimits
 from backend.service.store import AvatarStore
-from backend.service.tasks import FitJob, Stream, TaskQueues, room
-from backend.service.worker import ack_timeout_message, progress_status, stream_window
+from backend.service.tasks import FitJob, Stream, TaskQueues, ack_timeout_message, progress_status, room, stream_window
 from shared import protocol as P
 from shared.camera import MAX_IMAGE_SIDE
 

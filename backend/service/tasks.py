@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import logging
 import secrets
 import threading
 import time
@@ -13,6 +14,8 @@ import time
 from backend.service.limits import WorkerLimits
 from backend.service.store import AvatarStore
 from shared import protocol as P
+
+log = logging.getLogger("avatar.tasks")
 
 
 @dataclasses.dataclass
@@ -146,3 +149,38 @@ class TaskQueues(threading.Thread):
             self.status[avatar_id].update(values)
         if values.get("stage") in ("cancelled", "failed"):
             self.store.set_state(avatar_id, values["stage"])
+
+
+def answer(engine, req: RenderRequest):
+    """The message that answers a single render, load or export (engine: service/engine.py's Engine)."""
+    if req.load_only:
+        return engine.loaded(req.avatar)
+    if req.export is not None:
+        return engine.exported(req.avatar, req.export)
+    frames, seconds = engine.frame(req.avatar, req.view, req.format, req.depth)
+    return ("frame", {"index": 0, "seconds": seconds}, frames)
+
+
+def error_message(exc: Exception, what: str):
+    """An `error` message for a failed request: the request's fault keeps its code, anything
+    else is `internal`."""
+    if isinstance(exc, P.ProtocolError):
+        return ("error", {"code": exc.code, "message": exc.message[:P.MAX_STRING]}, None)
+    log.error("%s failed", what, exc_info=exc)
+    return ("error", {"code": P.INTERNAL, "message": f"{what} failed: {type(exc).__name__}: {exc}"[:P.MAX_STRING]},
+            None)
+
+
+def progress_status(fields: dict) -> dict:
+    """A fit's listed state after one of its progress messages."""
+    return {"stage": fields["stage"], "iteration": fields["iteration"] if fields["stage"] == "B" else 0}
+
+
+def stream_window(window: int, frames: dict) -> int:
+    """Big frames: fewer in flight, so a stalled client holds a bounded amount."""
+    nbytes = sum(f.nbytes for f in frames.values())
+    return max(1, min(window, P.MAX_STREAM_BYTES_IN_FLIGHT // max(1, nbytes)))
+
+
+def ack_timeout_message(s: Stream, timeout: float) -> str:
+    return f"stream {s.id}: no ack for {timeout:g} s after frame {s.acked}; the stream was stopped"

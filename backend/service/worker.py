@@ -23,7 +23,8 @@ from backend.errors import AvatarError
 from backend.service.engine import Engine, FitCancelled
 from backend.service.limits import WorkerLimits
 from backend.service.store import AvatarStore
-from backend.service.tasks import FitJob, RenderRequest, Stream, TaskQueues, room
+from backend.service.tasks import (FitJob, RenderRequest, Stream, TaskQueues, ack_timeout_message, answer,
+                                   error_message, progress_status, room, stream_window)
 from shared import protocol as P
 
 log = logging.getLogger("avatar.worker")
@@ -257,38 +258,3 @@ class Worker(TaskQueues):
             self._renders_between_iterations()
         self._error(s.identity, s.request_id, P.TIMEOUT, ack_timeout_message(s, timeout))
         return False
-
-
-def answer(engine: Engine, req: RenderRequest):
-    """The message that answers a single render, load or export."""
-    if req.load_only:
-        return engine.loaded(req.avatar)
-    if req.export is not None:
-        return engine.exported(req.avatar, req.export)
-    frames, seconds = engine.frame(req.avatar, req.view, req.format, req.depth)
-    return ("frame", {"index": 0, "seconds": seconds}, frames)
-
-
-def error_message(exc: Exception, what: str):
-    """An `error` message for a failed request: the request's fault keeps its code, anything
-    else is `internal`."""
-    if isinstance(exc, P.ProtocolError):
-        return ("error", {"code": exc.code, "message": exc.message[:P.MAX_STRING]}, None)
-    log.error("%s failed", what, exc_info=exc)
-    return ("error", {"code": P.INTERNAL, "message": f"{what} failed: {type(exc).__name__}: {exc}"[:P.MAX_STRING]},
-            None)
-
-
-def progress_status(fields: dict) -> dict:
-    """A fit's listed state after one of its progress messages."""
-    return {"stage": fields["stage"], "iteration": fields["iteration"] if fields["stage"] == "B" else 0}
-
-
-def stream_window(window: int, frames: dict) -> int:
-    """Big frames: fewer in flight, so a stalled client holds a bounded amount."""
-    nbytes = sum(f.nbytes for f in frames.values())
-    return max(1, min(window, P.MAX_STREAM_BYTES_IN_FLIGHT // max(1, nbytes)))
-
-
-def ack_timeout_message(s: Stream, timeout: float) -> str:
-    return f"stream {s.id}: no ack for {timeout:g} s after frame {s.acked}; the stream was stopped"
