@@ -77,8 +77,7 @@ class FarmDispatcher(TaskQueues):
                  info: dict, status: dict, cfg: FarmConfig = FarmConfig(), limits: WorkerLimits = WorkerLimits()):
         """info: a worker's describe() (capabilities, fit warnings); status: the store's avatars
         as a worker's scan() found them."""
-        super().__init__("avatar-farm", store, limits, status)
-        self.ctx, self.outbox_address = ctx, outbox
+        super().__init__("avatar-farm", ctx, outbox, store, limits, status)
         self.workers, self.cfg = workers, cfg
         caps = info["capabilities"]
         self.device = f"farm: {len(workers)} x {caps['device']}"
@@ -165,9 +164,7 @@ class FarmDispatcher(TaskQueues):
 
     # ------------------------------------------------------------------ the dispatch thread
     def run(self) -> None:
-        self.push = self.ctx.socket(zmq.PUSH)
-        self.push.setsockopt(zmq.LINGER, 0)
-        self.push.connect(self.outbox_address)
+        self._open_outbox()
         try:
             while not self._stopping:
                 try:
@@ -208,10 +205,6 @@ class FarmDispatcher(TaskQueues):
         fits = [ref for ref, (kind, _, _) in self._pending.items() if kind == "fit"]
         if fits:
             ray.wait(fits, num_returns=len(fits), timeout=30)
-
-    def _send(self, identity: bytes | None, type_: str, fields: dict, frames=None, id: int = 0) -> None:
-        if identity is not None:
-            self.push.send_multipart([identity] + P.encode(type_, fields, frames, id=id))
 
     def _failed(self, what: str, message: str) -> None:
         self.failures += 1

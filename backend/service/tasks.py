@@ -11,6 +11,8 @@ import secrets
 import threading
 import time
 
+import zmq
+
 from backend.service.limits import WorkerLimits
 from backend.service.store import AvatarStore
 from shared import protocol as P
@@ -65,8 +67,10 @@ class TaskQueues(threading.Thread):
     """The queues of fits and single renders, the avatars' listed state, and the calls the
     network thread makes on them (under `lock`). Subclasses run the thread that serves them."""
 
-    def __init__(self, name: str, store: AvatarStore, limits: WorkerLimits, status: dict[str, dict]):
+    def __init__(self, name: str, ctx: zmq.Context, outbox: str, store: AvatarStore, limits: WorkerLimits,
+                 status: dict[str, dict]):
         super().__init__(name=name, daemon=True)
+        self.ctx, self.outbox_address = ctx, outbox
         self.store, self.limits, self.status = store, limits, status
         self.failures = 0
         self.last_error: str | None = None
@@ -77,6 +81,18 @@ class TaskQueues(threading.Thread):
 
     def fit_warnings(self) -> list[str]:
         return []
+
+    # ------------------------------------------------------------------ replies (from the serving thread only)
+    def _open_outbox(self) -> None:
+        """The serving thread's PUSH into the network thread's outbox: made in the thread that uses
+        it, as no ZeroMQ socket may be shared by two threads."""
+        self.push = self.ctx.socket(zmq.PUSH)
+        self.push.setsockopt(zmq.LINGER, 0)
+        self.push.connect(self.outbox_address)
+
+    def _send(self, identity: bytes | None, type_: str, fields: dict, frames=None, id: int = 0) -> None:
+        if identity is not None:
+            self.push.send_multipart([identity] + P.encode(type_, fields, frames, id=id))
 
     def serving(self) -> bool:
         """Whether work is being done (health's `alive`)."""

@@ -34,8 +34,8 @@ class Worker(TaskQueues):
     def __init__(self, ctx: zmq.Context, outbox: str, store: AvatarStore, device: str = "auto",
                  preview_every: int = 25, limits: WorkerLimits = WorkerLimits()):
         engine = Engine(store, device=device, preview_every=preview_every)
-        super().__init__("avatar-worker", store, limits, engine.scan_store())
-        self.ctx, self.outbox_address, self.engine = ctx, outbox, engine
+        super().__init__("avatar-worker", ctx, outbox, store, limits, engine.scan_store())
+        self.engine = engine
         self.device, self.presets = engine.device, engine.presets
         self.running: FitJob | None = None
         self._stopping = False
@@ -111,9 +111,7 @@ class Worker(TaskQueues):
 
     # ------------------------------------------------------------------ the worker thread
     def run(self) -> None:
-        self.push = self.ctx.socket(zmq.PUSH)
-        self.push.setsockopt(zmq.LINGER, 0)
-        self.push.connect(self.outbox_address)
+        self._open_outbox()
         self._current_stream = None
         try:
             while True:
@@ -159,10 +157,6 @@ class Worker(TaskQueues):
             self._error(item.identity, item.request_id, P.INTERNAL, f"{what} failed: {type(exc).__name__}: {exc}")
         except Exception:  # noqa: BLE001
             log.exception("replying to a failed %s", kind)
-
-    def _send(self, identity: bytes | None, type_: str, fields: dict, frames=None, id: int = 0) -> None:
-        if identity is not None:
-            self.push.send_multipart([identity] + P.encode(type_, fields, frames, id=id))
 
     def _error(self, identity, request_id, code: str, message: str) -> None:
         self._send(identity, "error", {"code": code, "message": message[:P.MAX_STRING]}, id=request_id)
