@@ -537,6 +537,34 @@ def test_a_fit_with_room_for_clothing_keeps_it_in_its_file_and_resumes_with_it(o
     assert done.report["clothing_reach_m"] == reach
 
 
+def test_the_clothing_allowance_is_tight_where_the_photo_shows_only_the_body(open_body, subject, tmp_path):
+    """A photo no wider than the body: the fit's novel-view allowance narrows to bare_margin, and
+    its avatar file keeps that. A person 3 px wider than the body: the allowance follows the
+    reach (in between); 20 px wider: the preset's clothing_margin is the ceiling. bare_margin 0
+    keeps the preset's allowance."""
+    import cv2
+
+    from backend.avatar.clothing import allowance_for, photo_clothing
+
+    s = subject
+    assert allowance_for(quick(), None).stage_b.clothing_margin == pytest.approx(0.010)
+    loose = dataclasses.replace(quick(), stage_b=dataclasses.replace(quick().stage_b, bare_margin=0.0))
+    assert allowance_for(loose, None) == loose
+    reaches = []
+    for px in (3, 20):
+        wide = cv2.dilate(s["mask"].astype(np.uint8), np.ones((2 * px + 1,) * 2, np.uint8)).astype(np.float32)
+        clothing = photo_clothing(open_body, s["photo"], wide, s["camera"], s["pose"], s["betas"], s["transl"])
+        reaches.append((clothing.reach, allowance_for(quick(), clothing).stage_b.clothing_margin))
+    (r3, a3), (r20, a20) = reaches
+    assert 0.010 < r3 < 0.04 and a3 == pytest.approx(r3)
+    assert r20 > 0.04 and a20 == pytest.approx(0.04)
+    cfg = dataclasses.replace(tiny(), stage_b=StageBConfig(iterations=2, input_size=32, novel_size=24))
+    done = fit_avatar(open_body, s["photo"], s["mask"], s["camera"], s["pose"], s["betas"], s["transl"],
+                      tmp_path / "a.avatar", cfg, log=lambda m: None)
+    assert "clothing_reach_m" not in done.report and done.report["clothing_allowance_m"] == pytest.approx(0.010)
+    assert load_avatar(tmp_path / "a.avatar", open_body).config.stage_b.clothing_margin == pytest.approx(0.010)
+
+
 def test_part_crops_count_only_what_the_camera_sees(body_shaped, subject):
     """Seen from the body's left, the right forearm is behind the torso: with occlusion (ELICIT)
     its crop is unusable or smaller; the left one's, in plain view, is the same either way."""

@@ -79,6 +79,18 @@ def photo_clothing(body: BodyModel, photo: np.ndarray, mask: np.ndarray, camera:
                          out.transforms[0].numpy().astype(np.float64), body.weights.detach().cpu().numpy())
 
 
+def allowance_for(cfg: AvatarFitConfig, clothing: PhotoClothing | None) -> AvatarFitConfig:
+    """The fit config with its novel-view clothing allowance narrowed to what the photo shows:
+    `bare_margin` where the person reaches no further than the body, up to `clothing_margin` as
+    far as it does (unchanged when bare_margin is 0 or not below clothing_margin)."""
+    b = cfg.stage_b
+    if not 0 < b.bare_margin < b.clothing_margin:
+        return cfg
+    reach = clothing.reach if clothing is not None else 0.0
+    margin = min(b.clothing_margin, max(b.bare_margin, reach))
+    return dataclasses.replace(cfg, stage_b=dataclasses.replace(b, clothing_margin=margin))
+
+
 def widened_for(cfg: AvatarFitConfig, reach: float) -> AvatarFitConfig:
     """The fit config with room for clothing `reach` metres past the body: the marched margin
     and the novel-view clothing allowance at least that (never narrower than the preset's)."""

@@ -30,6 +30,7 @@ class LossWeights:
     edge: float = 0.01
     holes: float = 0.0         # ELICIT's inside-only edge term (losses.hole_loss)
     opacity: float = 0.0       # ours: binary entropy of novel-view alpha near the body (losses.opacity_entropy)
+    photo_views: float = 0.0   # ours: novel views' colour vs the photo's where it sees the body (photo_views.py)
     smoothness: float = 1e-3   # ours: tri-plane total variation
 
 
@@ -42,6 +43,12 @@ class StageBConfig:
     input_size: int = 96           # pixels: the input view's person crop is rendered at this size
     novel_size: int = 64           # pixels: novel-view crops (the CLIP model's own size when used)
     clothing_margin: float = 0.04  # metres past the body surface where novel-view alpha is free
+    # ours: the allowance where the photo shows no person past the body (skin-tight clothes); between
+    # this and clothing_margin as far as the photo's person reaches past it (clothing.allowance_for).
+    # 0: clothing_margin everywhere. A loose allowance let the fit grow fins along the photo's rays at
+    # the silhouette, seen from 30 degrees on as a body ~8 % too wide; 1.0 cm measured best of 1.0 / 1.5 / 2.5 / 4
+    # (docs/benchmark.md, "A tight clothing allowance")
+    bare_margin: float = 0.010
     checkpoint_every: int = 100    # iterations between checkpoints (0: only at the end)
     seed: int = 0
 
@@ -201,7 +208,8 @@ def tiny() -> AvatarFitConfig:
         # a 4 cm, 8-channel field cannot hold the photo's colours and the body's shape at once:
         # with them its rendered silhouette IoU after stage A fell from 0.57 to 0.11 (grey here)
         stage_a=StageAConfig(iterations=60, batch=4096, table=30_000, photo_colour=False),
-        stage_b=StageBConfig(iterations=20, input_size=40, novel_size=32, checkpoint_every=10),
+        # bare_margin 0: a 1 cm clothing allowance is a quarter of this field's texel
+        stage_b=StageBConfig(iterations=20, input_size=40, novel_size=32, checkpoint_every=10, bare_margin=0.0),
     )
 
 

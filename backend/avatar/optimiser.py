@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from backend.avatar import losses as L
 from backend.avatar.avatar import Avatar
 from backend.avatar.config import AvatarFitConfig
+from backend.avatar.photo_views import PhotoViews, photo_view_loss
 from backend.avatar.sampling import body_box, crop_box, crop_resize, draw_part, resolve_part, sample_novel_view
 from backend.render.raster import camera_tensors, part_boxes, project, visible_vertices
 from shared.camera import PinholeCamera
@@ -93,6 +94,8 @@ class StageB:
         mask_box = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], float) if len(xs) else np.zeros(4)
         both = np.stack([mask_box, body_box(self.input_boxes[0])])
         self.person_box = body_box(both)
+        self.photo_views = PhotoViews(verts, avatar.body.faces, target.image, target.mask, target.camera) \
+            if cfg.losses.photo_views else None
 
     # ------------------------------------------------------------------ helpers
     def _part_boxes(self, camera: PinholeCamera):
@@ -158,6 +161,8 @@ class StageB:
         terms = {"silhouette": L.silhouette_loss(alpha, body_mask),
                  "outside": L.outside_loss(alpha, body_mask, grow),
                  "edge": L.edge_loss(alpha, L.edge_distance_map(body_mask))}
+        if self.photo_views is not None:
+            terms["photo_views"] = photo_view_loss(out.rgb, self.photo_views.target(cam.cropped(*novel_box, size, size)))
         if self.cfg.losses.holes:
             terms["holes"] = L.hole_loss(alpha, body_mask)
         if self.cfg.losses.opacity:

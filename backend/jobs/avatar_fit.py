@@ -18,7 +18,7 @@ import torch
 
 from backend.avatar.avatar import Avatar
 from backend.avatar.avatar_file import AvatarRecord, load_avatar, save_avatar
-from backend.avatar.clothing import photo_clothing, widened_for
+from backend.avatar.clothing import allowance_for, photo_clothing, widened_for
 from backend.avatar.config import AvatarFitConfig
 from backend.avatar.config import preset as config_preset
 from backend.avatar.optimiser import StageB, make_photo_target, new_state, run_stage_b
@@ -151,14 +151,19 @@ def fit_avatar(body: BodyModel, photo: np.ndarray, mask: np.ndarray, camera, pos
         report["warnings"].append("the text prompt is ignored: text guidance needs the CLIP prior")
         log(report["warnings"][-1])
     if rec is None:
-        clothing = (photo_clothing(body.to("cpu"), photo, mask, camera, pose, betas, transl)
-                    if cfg.clothing_from_photo else None)
+        measure = cfg.clothing_from_photo or 0 < cfg.stage_b.bare_margin < cfg.stage_b.clothing_margin
+        clothing = photo_clothing(body.to("cpu"), photo, mask, camera, pose, betas, transl) if measure else None
         body = body.to(device)
-        if clothing is not None:   # the avatar file keeps the widened config: its renders have the room too
-            cfg = widened_for(cfg, clothing.reach)
+        # the avatar file keeps the config chosen here: its renders have the same room
+        if clothing is not None:
             report["clothing_reach_m"] = round(clothing.reach, 4)
+        if not cfg.clothing_from_photo:
+            cfg = allowance_for(cfg, clothing)
+        elif clothing is not None:
+            cfg = widened_for(cfg, clothing.reach)
             log(f"clothing or hair reaches {100 * clothing.reach:.0f} cm past the body in the photo: "
                 "the fit makes room for it")
+        report["clothing_allowance_m"] = round(cfg.stage_b.clothing_margin, 4)
         torch.manual_seed(cfg.stage_b.seed)  # the field's initial planes: a rerun gives the same avatar
         avatar = Avatar(body, betas, cfg.field, cfg.motion, cfg.render).to(device)
         colours = None

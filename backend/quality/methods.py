@@ -109,6 +109,20 @@ METHODS = (
     Method("back_plane", "+ a back plane", "the tri-plane's XY plane split at the body's mid-surface (blended over "
            "2 cm): the back no longer starts as a faded copy of the front (issue 14: field)", default=False,
            change=lambda c: dataclasses.replace(c, field=dataclasses.replace(c.field, back_plane=0.02))),
+    Method("photo_views", "+ the photo on novel views", "novel views' colours pulled towards the photo's where the "
+           "photo sees the body, weighted by how squarely (photo_views.py; issue 14: use the photo where valid)",
+           default=False, change=lambda c: _losses(c, photo_views=0.2)),
+    Method("photo_views_1", "+ the photo on novel views (1.0)", "the same at weight 1.0", default=False,
+           change=lambda c: _losses(c, photo_views=1.0)),
+    Method("loose_allowance", "w/o a tight clothing allowance", "novel-view alpha is free within 4 cm of the "
+           "body everywhere, as before issue 14's tight allowance (1.0 cm where the photo shows nothing past the "
+           "body)", default=False, change=lambda c: dataclasses.replace(
+               c, stage_b=dataclasses.replace(c.stage_b, bare_margin=0.0))),
+    Method("bare_margin_015", "tight allowance 1.5 cm", "the allowance where the photo shows nothing past the "
+           "body: 1.5 cm (default 1.0)", default=False,
+           change=lambda c: dataclasses.replace(c, stage_b=dataclasses.replace(c.stage_b, bare_margin=0.015))),
+    Method("bare_margin_025", "tight allowance 2.5 cm", "the same at 2.5 cm", default=False,
+           change=lambda c: dataclasses.replace(c, stage_b=dataclasses.replace(c.stage_b, bare_margin=0.025))),
     Method("one_band", "w/o the second band behind faint surfaces",
            "rays are marched in one band around their first body surface only, as before issue 14's second band "
            "(a faint hand then shows the background through the thigh behind it)", default=False,
