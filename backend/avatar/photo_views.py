@@ -1,8 +1,7 @@
 """The photo seen from a novel view: colour targets where the photo sees the body (issue 14).
 
-Without CLIP nothing speaks for the colour of a novel view, so the field's texture drifts away
-from the photo as soon as the view turns (at 30 degrees the avatar was 3 dB below plain
-projection onto the body). Where a novel view sees a point of the body that the photo also sees,
+Without CLIP nothing speaks for the colour of a novel view but the field's shared features.
+Where a novel view sees a point of the body that the photo also sees,
 the photo's colour at that point's projection is a valid target, sharper than the body's vertex
 colours (it is read from the photo itself, per pixel). Each such pixel is weighted by how
 squarely the photo saw the surface there (grazing surfaces smear the photo), so the sides
@@ -10,6 +9,9 @@ count less than the front and the unseen back not at all.
 
 On clothing off the body the target sits at the body surface under it, in the clothing's colour
 (what the photo shows along that ray): right in colour, a few centimetres off in depth.
+
+Off by default (`LossWeights.photo_views`): on the benchmark it tied the full method, whose
+front-view error lay at the silhouette, not in the colours (docs/benchmark.md).
 """
 from __future__ import annotations
 
@@ -59,7 +61,6 @@ class PhotoViews:
         self.zbuf = rasterize(self.vertices[None], faces, *camera_tensors(small, device=dev),
                               small.height, small.width)[1][0]
         self.K, self.R, self.t = camera_tensors(camera, device=dev)
-        self.zK = camera_tensors(small, device=dev)[0]
         self.centre = torch.as_tensor(camera.center, dtype=torch.float32, device=dev)
 
     @staticmethod
@@ -96,9 +97,8 @@ class PhotoViews:
             weight[hit] = torch.where(seen, facing.clamp(0, 1), torch.zeros_like(facing))
             rgb[hit] = self._sample(self.image, uv, cam.width, cam.height, "bilinear")
         if s > 1:   # average s x s samples per pixel: the target is as sharp as the render, no sharper
-            w4 = weight[None, None]
             rgb = F.avg_pool2d((rgb * weight[..., None]).permute(2, 0, 1)[None], s)[0].permute(1, 2, 0)
-            weight = F.avg_pool2d(w4, s)[0, 0]
+            weight = F.avg_pool2d(weight[None, None], s)[0, 0]
             rgb = rgb / weight[..., None].clamp(min=1e-6)
         return ViewTarget(rgb, weight)
 
