@@ -164,6 +164,8 @@ def fit_avatar(body: BodyModel, photo: np.ndarray, mask: np.ndarray, camera, pos
             log(f"clothing or hair reaches {100 * clothing.reach:.0f} cm past the body in the photo: "
                 "the fit makes room for it")
         report["clothing_allowance_m"] = round(cfg.stage_b.clothing_margin, 4)
+        if not cfg.stage_a.clothing_fill:
+            clothing = None   # it holds a float copy of the photo: not kept through the fit
         torch.manual_seed(cfg.stage_b.seed)  # the field's initial planes: a rerun gives the same avatar
         avatar = Avatar(body, betas, cfg.field, cfg.motion, cfg.render).to(device)
         colours = None
@@ -171,7 +173,7 @@ def fit_avatar(body: BodyModel, photo: np.ndarray, mask: np.ndarray, camera, pos
             colours, seen = photo_vertex_colours(body, photo, mask, camera, pose, betas, transl)
             report["photo_colour_seen"] = seen
         report["stage_a"] = run_stage_a(avatar, cfg.stage_a, progress=progress, vertex_colours=colours,
-                                        clothing=clothing if cfg.stage_a.clothing_fill else None)
+                                        clothing=clothing)
         log(f"stage A: the field is the body ({report['stage_a']['seconds']:.1f} s)")
         rec = AvatarRecord(avatar, cfg, camera, np.asarray(pose), np.asarray(transl), body_spec, "B", 0,
                            report=report, input_key=key)
