@@ -50,7 +50,7 @@ def _reconstruction_only(cfg: AvatarFitConfig) -> AvatarFitConfig:
 
 METHODS = (
     Method("full", "Full method", "both priors, part- and rotation-aware sampling, CLIP image + text, stage A "
-           "from the photo's colours"),
+           "from the photo's colours, a clothing allowance as wide as the photo shows"),
     Method("full_fitted_body", "Full, fitted body (end to end)",
            "the full method on the body fitted to the photo from a rough pose estimate", body="fitted"),
     Method("full_true_body", "Full, true body",
