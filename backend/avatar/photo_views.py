@@ -20,11 +20,11 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
+# what counts as seen by the photo: the same rule as the stage-A colours'
+from backend.avatar.photo_colours import DEPTH_TOLERANCE, FACING_MIN
 from backend.render.raster import camera_tensors, project, rasterize
 from shared.camera import PinholeCamera
 
-DEPTH_TOLERANCE = 0.01   # metres behind the photo's z-buffer that still count as seen
-FACING_MIN = 0.1         # cos of the angle between a surface normal and the photo's ray: below, unseen
 ZBUFFER_SIDE = 512       # the photo's z-buffer is rasterised at most this many pixels a side
 
 
