@@ -109,6 +109,9 @@ METHODS = (
     Method("back_plane", "+ a back plane", "the tri-plane's XY plane split at the body's mid-surface (blended over "
            "2 cm): the back no longer starts as a faded copy of the front (issue 14: field)", default=False,
            change=lambda c: dataclasses.replace(c, field=dataclasses.replace(c.field, back_plane=0.02))),
+    Method("stage_a_300", "stage A 300 iterations", "stage A fitted for 300 iterations, as before 2026-12-03 "
+           "(issue 14: the quick fit started from an under-fitted body)", default=False,
+           change=lambda c: dataclasses.replace(c, stage_a=dataclasses.replace(c.stage_a, iterations=300))),
     Method("photo_views", "+ the photo on novel views", "novel views' colours pulled towards the photo's where the "
            "photo sees the body, weighted by how squarely (photo_views.py; issue 14: use the photo where valid)",
            default=False, change=lambda c: _losses(c, photo_views=0.2)),
