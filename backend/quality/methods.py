@@ -112,6 +112,9 @@ METHODS = (
     Method("stage_a_300", "stage A 300 iterations", "stage A fitted for 300 iterations, as before 2026-12-03 "
            "(issue 14: the quick fit started from an under-fitted body)", default=False,
            change=lambda c: dataclasses.replace(c, stage_a=dataclasses.replace(c.stage_a, iterations=300))),
+    Method("input_96", "input crops 96 px", "the input view's person crop rendered at 96 px, as before 2026-12-03 "
+           "(issue 14: the quick fit saw the photo at a third of the benchmark's resolution)", default=False,
+           change=lambda c: dataclasses.replace(c, stage_b=dataclasses.replace(c.stage_b, input_size=96))),
     Method("photo_views", "+ the photo on novel views", "novel views' colours pulled towards the photo's where the "
            "photo sees the body, weighted by how squarely (photo_views.py; issue 14: use the photo where valid)",
            default=False, change=lambda c: _losses(c, photo_views=0.2)),
