@@ -1,6 +1,6 @@
 """The quality benchmark in one run: subjects -> body fit -> every method -> metrics, table, grids.
 
-`python -m backend benchmark --size quick` (this CPU, < 30 min) or `--size full` (a GPU).
+`python -m backend benchmark --size quick` (this 2-core CPU, ~1 h 40 min) or `--size full` (a GPU).
 Per subject the body is fitted once from the rough parameters (as a user's pose estimate
 would be); methods start from the true body parameters (ELICIT's protocol, where the datasets
 provide body fits) or from that fit (`--body fitted`), and the full method runs on both. Each
@@ -50,7 +50,7 @@ class BenchmarkSize:
 
 
 SIZES = {
-    # this 2-core CPU: 6 subjects x 7 rows in < 30 min; metrics at 256 px
+    # this 2-core CPU: 6 subjects x 7 rows in ~1 h 40 min (~140 s per fit); metrics at 256 px
     "quick": BenchmarkSize("quick", 6, eval_scale=0.5, preset="quick", iterations=150),
     # a GPU: paper-like fits at full resolution
     "full": BenchmarkSize("full", 6, preset="full", iterations=1000, body_preset="full"),
