@@ -42,7 +42,8 @@ class StageBConfig:
     input_view_prob: float = 0.5   # else a novel view (paper)
     # pixels: the input view's person crop is rendered at this size. 96 (before 2026-12-03) saw the photo
     # at a third of the quick benchmark's resolution: 192 gained 1.4 dB front, 0.75 side, 1.6 on novel
-    # poses for ~1.75x the fit time (docs/benchmark.md, "The photo at a useful resolution")
+    # poses for ~1.75x the fit time (docs/benchmark.md, "Stage A fitted longer, the photo at a useful
+    # resolution")
     input_size: int = 192
     novel_size: int = 64           # pixels: novel-view crops (the CLIP model's own size when used)
     clothing_margin: float = 0.04  # metres past the body surface where novel-view alpha is free
