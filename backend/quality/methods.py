@@ -27,12 +27,17 @@ class Method:
     change: Callable[[AvatarFitConfig], AvatarFitConfig] = lambda cfg: cfg
 
 
+def _set(cfg: AvatarFitConfig, section: str, **fields) -> AvatarFitConfig:
+    """`cfg` with `fields` changed in one of its sections ("losses", "stage_a", "render", ...)."""
+    return dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **fields)})
+
+
 def _losses(cfg: AvatarFitConfig, **weights) -> AvatarFitConfig:
-    return dataclasses.replace(cfg, losses=dataclasses.replace(cfg.losses, **weights))
+    return _set(cfg, "losses", **weights)
 
 
 def _photo_colour(cfg: AvatarFitConfig, on: bool) -> AvatarFitConfig:
-    return dataclasses.replace(cfg, stage_a=dataclasses.replace(cfg.stage_a, photo_colour=on))
+    return _set(cfg, "stage_a", photo_colour=on)
 
 
 def _reconstruction_only(cfg: AvatarFitConfig) -> AvatarFitConfig:
@@ -62,17 +67,16 @@ METHODS = (
            change=lambda c: dataclasses.replace(c, clothing_from_photo=True)),
     Method("clothing_fill", "+ room and stage-A fill for clothing", "and stage A fills what the photo shows beyond "
            "the body (within that reach, in the photo's colour)", default=False,
-           change=lambda c: dataclasses.replace(c, clothing_from_photo=True,
-                                                stage_a=dataclasses.replace(c.stage_a, clothing_fill=True))),
+           change=lambda c: _set(dataclasses.replace(c, clothing_from_photo=True), "stage_a", clothing_fill=True)),
     Method("no_silhouette", "w/o silhouette loss", "the SMPL soft-silhouette loss off (edge and outside losses kept)",
            change=lambda c: _losses(c, silhouette=0.0)),
     Method("no_part_sampling", "w/o part-aware sampling", "novel views always of the whole body",
-           change=lambda c: dataclasses.replace(c, parts=dataclasses.replace(c.parts, enabled=False))),
+           change=lambda c: _set(c, "parts", enabled=False)),
     Method("parts_ignore_occlusion", "part crops ignore occlusion", "a part's crop box counts its hidden vertices "
            "too (before issue 14; ELICIT crops where the part is seen)", default=False,
-           change=lambda c: dataclasses.replace(c, parts=dataclasses.replace(c.parts, occlusion=False))),
+           change=lambda c: _set(c, "parts", occlusion=False)),
     Method("no_rotation_sampling", "w/o rotation-aware sampling", "novel-view directions uniform around the body",
-           change=lambda c: dataclasses.replace(c, rotations=dataclasses.replace(c.rotations, enabled=False))),
+           change=lambda c: _set(c, "rotations", enabled=False)),
     Method("no_clip", "w/o CLIP", "no semantic prior", needs_clip=True,
            change=lambda c: dataclasses.replace(c, use_clip=False)),
     Method("no_clip_text", "w/o CLIP text", "CLIP image loss only, no prompt", needs_clip=True, use_prompt=False),
@@ -97,24 +101,23 @@ METHODS = (
     # the run-to-run noise every other row's difference is judged against
     Method("full_seed1", "Full method, another seed", "the full method with seed 1 for the field's start, stage A's "
            "samples and stage B's draws: how much two fits of the same inputs differ", default=False,
-           change=lambda c: dataclasses.replace(c, stage_a=dataclasses.replace(c.stage_a, seed=1),
-                                                stage_b=dataclasses.replace(c.stage_b, seed=1))),
+           change=lambda c: _set(_set(c, "stage_a", seed=1), "stage_b", seed=1)),
     # the issue-14 sweep; run when named
     Method("before_issue14", "Before issue 14", "grey stage A, no inside edge, no opacity term",
            default=False, change=lambda c: _photo_colour(_losses(c, holes=0.0, opacity=0.0), False)),
     Method("nearest_bone", "+ nearest-bone skinning behind the surface",
            "samples over 2 cm behind their ray's first surface start inverse skinning from their nearest bone, "
            "not from that surface's weights (issue 14: skinning along a ray)", default=False,
-           change=lambda c: dataclasses.replace(c, render=dataclasses.replace(c.render, nearest_bone_behind=0.02))),
+           change=lambda c: _set(c, "render", nearest_bone_behind=0.02)),
     Method("back_plane", "+ a back plane", "the tri-plane's XY plane split at the body's mid-surface (blended over "
            "2 cm): the back no longer starts as a faded copy of the front (issue 14: field)", default=False,
-           change=lambda c: dataclasses.replace(c, field=dataclasses.replace(c.field, back_plane=0.02))),
+           change=lambda c: _set(c, "field", back_plane=0.02)),
     Method("stage_a_300", "stage A 300 iterations", "stage A fitted for 300 iterations, as before 2026-12-03 "
            "(issue 14: the quick fit started from an under-fitted body)", default=False,
-           change=lambda c: dataclasses.replace(c, stage_a=dataclasses.replace(c.stage_a, iterations=300))),
+           change=lambda c: _set(c, "stage_a", iterations=300)),
     Method("input_96", "input crops 96 px", "the input view's person crop rendered at 96 px, as before 2026-12-03 "
            "(issue 14: the quick fit saw the photo at a third of the benchmark's resolution)", default=False,
-           change=lambda c: dataclasses.replace(c, stage_b=dataclasses.replace(c.stage_b, input_size=96))),
+           change=lambda c: _set(c, "stage_b", input_size=96)),
     Method("photo_views", "+ the photo on novel views", "novel views' colours pulled towards the photo's where the "
            "photo sees the body, weighted by how squarely (photo_views.py; issue 14: use the photo where valid)",
            default=False, change=lambda c: _losses(c, photo_views=0.2)),
@@ -122,17 +125,16 @@ METHODS = (
            change=lambda c: _losses(c, photo_views=1.0)),
     Method("loose_allowance", "w/o a tight clothing allowance", "novel-view alpha is free within 4 cm of the "
            "body everywhere, as before issue 14's tight allowance (1.0 cm where the photo shows nothing past the "
-           "body)", default=False, change=lambda c: dataclasses.replace(
-               c, stage_b=dataclasses.replace(c.stage_b, bare_margin=0.0))),
+           "body)", default=False, change=lambda c: _set(c, "stage_b", bare_margin=0.0)),
     Method("bare_margin_015", "tight allowance 1.5 cm", "the allowance where the photo shows nothing past the "
            "body: 1.5 cm (default 1.0)", default=False,
-           change=lambda c: dataclasses.replace(c, stage_b=dataclasses.replace(c.stage_b, bare_margin=0.015))),
+           change=lambda c: _set(c, "stage_b", bare_margin=0.015)),
     Method("bare_margin_025", "tight allowance 2.5 cm", "the same at 2.5 cm", default=False,
-           change=lambda c: dataclasses.replace(c, stage_b=dataclasses.replace(c.stage_b, bare_margin=0.025))),
+           change=lambda c: _set(c, "stage_b", bare_margin=0.025)),
     Method("one_band", "w/o the second band behind faint surfaces",
            "rays are marched in one band around their first body surface only, as before issue 14's second band "
            "(a faint hand then shows the background through the thigh behind it)", default=False,
-           change=lambda c: dataclasses.replace(c, render=dataclasses.replace(c.render, behind_samples=0))),
+           change=lambda c: _set(c, "render", behind_samples=0)),
     Method("sweep_photo_colour", "+ photo colours", "stage A from the photo's colours", default=False,
            change=lambda c: _photo_colour(_losses(c, holes=0.0, opacity=0.0), True)),
     Method("sweep_photo_holes", "+ photo colours + inside edge", "and ELICIT's inside edge (0.1)", default=False,
