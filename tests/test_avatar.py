@@ -12,7 +12,7 @@ from backend.avatar.avatar import Avatar
 from backend.avatar.avatar_file import AvatarFileError, AvatarRecord, load_avatar, save_avatar
 from backend.avatar.config import AvatarFitConfig, StageBConfig, preset, quick, tiny
 from backend.avatar.metrics import psnr, semi_transparent_fraction
-from backend.avatar.optimiser import StageB, make_photo_target, new_state, run_stage_b
+from backend.avatar.optimiser import StageB, learning_rates, make_photo_target, new_state, run_stage_b
 from backend.avatar.skinning import MotionConfig
 from backend.avatar.stage_a import run_stage_a
 from backend.jobs.avatar_fit import fit_avatar
@@ -187,7 +187,7 @@ def test_hybrid_sampling_switches(open_body, subject):
 
 
 def test_short_quick_fit_beats_stage_a_on_the_input_view(open_body, subject):
-    cfg = dataclasses.replace(quick(), stage_b=dataclasses.replace(quick().stage_b, iterations=80, input_size=64,
+    cfg = dataclasses.replace(quick(), stage_b=dataclasses.replace(quick().stage_b, iterations=100, input_size=64,
                                                                    novel_size=48))
     torch.manual_seed(0)
     avatar = Avatar(open_body, subject["betas"], cfg.field, cfg.motion, cfg.render)
@@ -604,3 +604,25 @@ def test_a_back_plane_separates_the_back_from_the_front(open_body, subject):
     change = (field.features(points).detach() - before)[:, :cfg.field.channels].abs().mean(1)
     assert change[0] < 0.1 and change[1] > 0.9   # only the back point's features moved
     assert "field.plane_xy_back" in avatar.avatar_state() and "field.mid_z" in avatar.avatar_state()
+
+
+def test_stage_b_learning_rates_decay_to_their_final_fraction(open_body, subject):
+    """Both rates fall exponentially to lr_final of the start at the last iteration (a constant
+    rate let Adam's steps grow once the photo's loss neared zero), and the optimiser's steps use them."""
+    cfg = dataclasses.replace(tiny(), stage_b=StageBConfig(iterations=6, input_size=32, novel_size=24, lr_final=0.1))
+    b = cfg.stage_b
+    assert learning_rates(cfg, 0) == (b.lr_canonical, b.lr_motion)
+    assert learning_rates(cfg, 3) == pytest.approx((b.lr_canonical * 0.1 ** 0.5, b.lr_motion * 0.1 ** 0.5))
+    assert learning_rates(cfg, 6) == pytest.approx((b.lr_canonical * 0.1, b.lr_motion * 0.1))
+    assert learning_rates(cfg, 60) == learning_rates(cfg, 6)   # a fit run past its plan stays at the floor
+    constant = dataclasses.replace(cfg, stage_b=dataclasses.replace(b, lr_final=1.0))
+    assert learning_rates(constant, 5) == (b.lr_canonical, b.lr_motion)
+    torch.manual_seed(0)
+    avatar = Avatar(open_body, subject["betas"], cfg.field, cfg.motion, cfg.render)
+    target = make_photo_target(subject["photo"], subject["mask"], subject["camera"], subject["pose"],
+                               subject["transl"], cfg.render.background, "cpu")
+    state = new_state(avatar, cfg)
+    groups = state.optimiser.param_groups
+    assert len(groups) == 2 and [g["lr"] for g in groups] == list(learning_rates(cfg, 0))
+    run_stage_b(StageB(avatar, target, cfg), state, b.iterations)
+    assert [g["lr"] for g in groups] == pytest.approx(list(learning_rates(cfg, 5)))

@@ -57,11 +57,20 @@ def make_photo_target(photo: np.ndarray, mask: np.ndarray, camera: PinholeCamera
                        np.asarray(transl, np.float32))
 
 
+def learning_rates(cfg: AvatarFitConfig, iteration: int) -> tuple[float, float]:
+    """(canonical field, motion) learning rates for stage-B `iteration`: an exponential decay to
+    `lr_final` of the start at the last iteration. A function of the iteration alone, so a resumed
+    fit continues the same schedule."""
+    scale = cfg.stage_b.lr_final ** min(1.0, iteration / max(1, cfg.stage_b.iterations))
+    return cfg.stage_b.lr_canonical * scale, cfg.stage_b.lr_motion * scale
+
+
 def make_optimiser(avatar: Avatar, cfg: AvatarFitConfig) -> torch.optim.Optimizer:
-    groups = [{"params": list(avatar.field.parameters()), "lr": cfg.stage_b.lr_canonical}]
+    canonical, motion_lr = learning_rates(cfg, 0)
+    groups = [{"params": list(avatar.field.parameters()), "lr": canonical}]
     motion = avatar.motion_parameters()
     if motion:
-        groups.append({"params": motion, "lr": cfg.stage_b.lr_motion})
+        groups.append({"params": motion, "lr": motion_lr})
     return torch.optim.Adam(groups)
 
 
@@ -196,6 +205,8 @@ class StageB:
             total = total + w["smoothness"] * self.avatar.field.smoothness()
         state.optimiser.zero_grad(set_to_none=True)
         total.backward()
+        for group, lr in zip(state.optimiser.param_groups, learning_rates(self.cfg, state.iteration)):
+            group["lr"] = lr
         state.optimiser.step()
         state.iteration += 1
         # the log's numbers in one read-back (each separate read would make the host wait for a GPU)
