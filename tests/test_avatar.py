@@ -294,6 +294,7 @@ def test_hostile_avatar_files_allocate_nothing_and_open_nothing(tmp_path, body_s
                                          ("render", "samples", 10 ** 9, "render.samples = 1000000000 is outside"),
                                          ("stage_b", "input_size", -5, "stage_b.input_size = -5 is outside"),
                                          ("field", "voxel", 1e-9, "field.voxel = 1e-09 is outside"),
+                                         ("stage_b", "lr_final", -0.5, "stage_b.lr_final = -0.5 is outside"),
                                          ("field", "hidden", "64", "field.hidden: '64' is not a valid int"),
                                          ("render", "margin", float("nan"), "render.margin: nan is not a valid float")):
         bad = copy.deepcopy(data)

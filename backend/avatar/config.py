@@ -179,7 +179,8 @@ def _checked_pairs(value, where: str) -> tuple:
 
 
 # Values in a config file that size tensors or loops: a file outside these cannot make a
-# process allocate or run without bound (the presets sit well inside).
+# process allocate or run without bound (the presets sit well inside). lr_final: a fraction
+# (a negative one would raise inside the optimiser mid-fit, not on reading the file).
 SIZE_LIMITS = {
     ("field", "voxel"): (0.004, 1.0), ("field", "channels"): (1, 64), ("field", "hidden"): (1, 512),
     ("field", "layers"): (0, 8),
@@ -190,7 +191,7 @@ SIZE_LIMITS = {
     ("render", "behind_samples"): (0, 512), ("render", "behind_front"): (0.0, 1.0),
     ("stage_a", "iterations"): (0, 1_000_000), ("stage_a", "batch"): (1, 1 << 20), ("stage_a", "table"): (1, 10_000_000),
     ("stage_b", "iterations"): (0, 1_000_000), ("stage_b", "input_size"): (8, 2048),
-    ("stage_b", "novel_size"): (8, 2048),
+    ("stage_b", "novel_size"): (8, 2048), ("stage_b", "lr_final"): (0.0, 1.0),
 }
 
 
