@@ -23,9 +23,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-BINS = ("input", "front", "side", "back", "novel pose")
-SIDE = {"left": "side", "right": "side"}   # the report's side bin is both sides
-
 
 def blended(truth, fitted, t: float):
     from backend.quality.run import StartBody
@@ -37,6 +34,7 @@ def blended(truth, fitted, t: float):
 def subject_rows(subject, body, size, work: Path, steps: int) -> list[dict]:
     from backend.body.fitting import joint_error_mm
     from backend.quality.projection import ProjectionBaseline
+    from backend.quality.report import BINS, report_bin
     from backend.quality.run import StartBody, evaluate, fit_subject_body
 
     fit, fitted, _ = fit_subject_body(subject, body, size, work)
@@ -48,13 +46,15 @@ def subject_rows(subject, body, size, work: Path, steps: int) -> list[dict]:
                                    start.pose, start.betas, start.transl)
         views, _ = evaluate(lambda cam, pose, transl: (model.render(cam, pose, transl), None),
                             subject, start, body, size.eval_scale)
-        psnr = {b: float(np.mean([v["psnr"] for v in views if SIDE.get(v["bin"], v["bin"]) == b])) for b in BINS}
-        mpjpe = joint_error_mm(body, start.pose, start.betas, start.transl, *(truth.pose, truth.betas, truth.transl))
+        psnr = {b: float(np.mean([v["psnr"] for v in views if report_bin(v["bin"]) == b])) for b in BINS}
+        mpjpe = joint_error_mm(body, start.pose, start.betas, start.transl, truth.pose, truth.betas, truth.transl)
         rows.append({"subject": subject.name, "t": round(float(t), 3), "mpjpe_mm": float(mpjpe), "psnr": psnr})
     return rows
 
 
 def table(rows: list[dict]) -> str:
+    from backend.quality.report import BINS
+
     out = ["| t | MPJPE (mm) per subject | " + " | ".join(BINS) + " |", "|---|---|" + "---:|" * len(BINS)]
     for t in sorted({r["t"] for r in rows}):
         at = [r for r in rows if r["t"] == t]
