@@ -191,7 +191,10 @@ with sys.modules[f"{MOD}.shared.client"].ServiceClient(cfg["address"]) as client
     fitted = client.load(avatar)
 print(f"fitted vs the rig's starting pose: max {np.abs(got_pose[3:] - pose[3:]).max():.3f} rad")
 rotations = [rig.rodrigues(a) - rig.rodrigues(b) for a, b in zip(got_pose.reshape(24, 3), np.reshape(fitted["pose"], (24, 3)))]
-assert np.abs(rotations).max() < 1e-4 and np.allclose(got_transl, fitted["transl"], atol=1e-4)
+worst = np.abs(rotations).max(axis=(1, 2))
+assert worst.max() < 1e-4 and np.allclose(got_transl, fitted["transl"], atol=1e-4), (
+    f"rig vs fitted: joint {worst.argmax()} off by {worst.max():.2e}; transl {got_transl} vs {fitted['transl']}; "
+    f"loaded {runtime.loaded and runtime.loaded[0]} avatar {avatar} status {s.status!r}")
 assert np.allclose(cam_after := sys.modules[f"{MOD}.blender_camera"].camera_dict(scene, scene.camera)["K"],
                    fitted["camera"]["K"], atol=1e-3), cam_after
 step("load")

@@ -627,3 +627,30 @@ def test_stage_b_learning_rates_decay_to_their_final_fraction(open_body, subject
     assert len(groups) == 2 and [g["lr"] for g in groups] == list(learning_rates(cfg, 0))
     run_stage_b(StageB(avatar, target, cfg), state, b.iterations)
     assert [g["lr"] for g in groups] == pytest.approx(list(learning_rates(cfg, 5)))
+
+
+def test_the_pose_correction_term_holds_the_corrector_near_zero(open_body, subject):
+    """losses.pose_correction: the squared offset the pose corrector adds to the photo's pose. On a
+    corrector started away from zero, the term pulls it back (the same steps without it do not),
+    and the step's record carries the value."""
+    def offset_after(weight):
+        cfg = tiny()
+        cfg = dataclasses.replace(cfg, losses=dataclasses.replace(cfg.losses, pose_correction=weight),
+                                  stage_b=dataclasses.replace(cfg.stage_b, iterations=5, lr_motion=1e-2, lr_final=1.0))
+        torch.manual_seed(0)
+        avatar = Avatar(open_body, subject["betas"], cfg.field, cfg.motion, cfg.render)
+        with torch.no_grad():
+            avatar.pose_corrector.net[-1].bias.fill_(0.05)
+        target = make_photo_target(subject["photo"], subject["mask"], subject["camera"], subject["pose"],
+                                   subject["transl"], cfg.render.background, "cpu")
+        start = float(avatar.pose_correction_offset(subject["pose"]).detach().square().sum())
+        state = run_stage_b(StageB(avatar, target, cfg), new_state(avatar, cfg), 5)
+        assert ("pose_correction" in state.history[0]) == (weight > 0)
+        if weight:
+            assert state.history[0]["pose_correction"] == pytest.approx(start, rel=1e-4)
+        return start, float(avatar.pose_correction_offset(subject["pose"]).detach().square().sum())
+
+    start, free = offset_after(0.0)
+    assert start == pytest.approx(69 * 0.05 ** 2, rel=1e-4)
+    _, held = offset_after(100.0)
+    assert held < 0.25 * start and held < 0.5 * free, (start, free, held)

@@ -81,6 +81,11 @@ class Avatar(torch.nn.Module):
         out = self.body(pose, self.betas, transl)
         return pose, out.transforms[0], out.vertices[0]
 
+    def pose_correction_offset(self, pose) -> torch.Tensor:
+        """The pose corrector's change (1, 72) to `pose`, in axis-angle radians (zeros without one)."""
+        pose = torch.as_tensor(pose, dtype=torch.float32, device=self.device).reshape(1, -1)
+        return (self.pose_corrector(pose) - pose) if self.pose_corrector is not None else torch.zeros_like(pose)
+
     def render(self, camera: PinholeCamera, pose, transl, *, jitter: bool = False,
                background=None, correct_pose: bool = True, generator: torch.Generator | None = None) -> Rendered:
         pose_c, transforms, vertices = self.posed(pose, transl, correct_pose)

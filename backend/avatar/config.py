@@ -32,6 +32,10 @@ class LossWeights:
     opacity: float = 0.0       # ours: binary entropy of novel-view alpha near the body (losses.opacity_entropy)
     photo_views: float = 0.0   # ours: novel views' colour vs the photo's where it sees the body (photo_views.py)
     smoothness: float = 1e-3   # ours: tri-plane total variation
+    # ours: the squared pose-corrector offset at the photo's pose (rad^2, summed over joints). Free (0),
+    # the correction drifted by ~1 degree on a true body over 400 iterations, widening the person off
+    # the input view; 0.1 measured best of 0 / 0.1 / 1 / 10 (docs/benchmark.md, "Pose correction held")
+    pose_correction: float = 0.1
 
 
 @dataclasses.dataclass(frozen=True)

@@ -203,6 +203,9 @@ class StageB:
         total = sum(w[k] * v for k, v in losses.items())
         if w["smoothness"]:
             total = total + w["smoothness"] * self.avatar.field.smoothness()
+        if w["pose_correction"] and self.avatar.pose_corrector is not None:
+            losses["pose_correction"] = self.avatar.pose_correction_offset(self.target.pose).square().sum()
+            total = total + w["pose_correction"] * losses["pose_correction"]
         state.optimiser.zero_grad(set_to_none=True)
         total.backward()
         for group, lr in zip(state.optimiser.param_groups, learning_rates(self.cfg, state.iteration)):

@@ -135,6 +135,15 @@ METHODS = (
            "rays are marched in one band around their first body surface only, as before issue 14's second band "
            "(a faint hand then shows the background through the thigh behind it)", default=False,
            change=lambda c: _set(c, "render", behind_samples=0)),
+    Method("no_pose_correction", "w/o pose correction", "the learned joint-rotation correction off (HumanNeRF's "
+           "pose refinement; issue 14: it drifts on one photo)", default=False,
+           change=lambda c: _set(c, "motion", pose_correction=False)),
+    Method("pose_correction_free", "pose correction unregularised", "the pose corrector's offset free "
+           "(LossWeights.pose_correction = 0), as before 2026-12-03", default=False,
+           change=lambda c: _losses(c, pose_correction=0.0)),
+    Method("pose_correction_1", "pose correction held harder (1.0)", "the squared pose-corrector offset at the "
+           "photo's pose weighted 1.0 (default 0.1)", default=False,
+           change=lambda c: _losses(c, pose_correction=1.0)),
     Method("sweep_photo_colour", "+ photo colours", "stage A from the photo's colours", default=False,
            change=lambda c: _photo_colour(_losses(c, holes=0.0, opacity=0.0), True)),
     Method("sweep_photo_holes", "+ photo colours + inside edge", "and ELICIT's inside edge (0.1)", default=False,
