@@ -411,7 +411,7 @@ def test_nearest_bone_first_guess_follows_the_posed_skeleton(open_body):
 def test_closed_form_inverse_skinning_matches_a_linear_solve():
     """apply_inverse (Cramer's rule) solves blended skinning transforms as an LU solve does,
     gradients included, and stays finite for a degenerate blend."""
-    from backend.avatar.skinning import apply_inverse
+    from backend.avatar.skinning import apply_affine, apply_inverse
 
     g = torch.Generator().manual_seed(0)
     q = torch.nn.functional.normalize(torch.randn(2, 500, 4, generator=g, dtype=torch.float64), dim=-1)
@@ -425,11 +425,62 @@ def test_closed_form_inverse_skinning_matches_a_linear_solve():
     ours = apply_inverse(torch.cat([A, b[..., None]], -1), pts)
     ref = torch.linalg.solve(A, (pts - b)[..., None])[..., 0]
     torch.testing.assert_close(ours, ref, rtol=1e-9, atol=1e-9)
+    # and apply_affine (the forward map of the skinning round trip) undoes it
+    torch.testing.assert_close(apply_affine(torch.cat([A, b[..., None]], -1), ours), pts, rtol=1e-9, atol=1e-9)
     g_ours, = torch.autograd.grad(ours.sum(), A)
     g_ref, = torch.autograd.grad(ref.sum(), A)
     torch.testing.assert_close(g_ours, g_ref, rtol=1e-7, atol=1e-7)
     flat = torch.zeros(1, 3, 4)   # a blend of opposite rotations can collapse to nothing
     assert torch.isfinite(apply_inverse(flat, torch.ones(1, 3))).all()
+
+
+def test_the_skinning_round_trip_removes_the_ghost_between_spread_legs(body_shaped, open_body):
+    """Legs spread, a ray between them borrows one thigh's skinning weights; undoing that thigh's
+    swing sends its samples into the other leg's rest volume, which then renders as a ghost in
+    the gap (the benchmark's subject_02 grew a tail below the crotch). With `skin_consistency` a
+    sample whose canonical point, skinned forward again, does not come back is empty: the gap
+    clears while the body itself renders as before. `hang_from_pelvis` (set for loose clothing)
+    moves such samples with the pelvis instead, which keeps them (a skirt's hem)."""
+    import cv2
+
+    avatar, _ = body_shaped
+    pose = np.zeros(72)
+    pose[3 * JOINT_INDEX["left_hip"] + 2] = 0.35     # each leg swung 20 degrees out to its side
+    pose[3 * JOINT_INDEX["right_hip"] + 2] = -0.35
+    transl = np.array([0.0, 0.3, 0.0])
+    with torch.no_grad():
+        posed = open_body(pose, avatar.betas, transl)
+    joints = posed.joints[0].numpy()
+    assert joints[JOINT_INDEX["left_ankle"], 0] - joints[JOINT_INDEX["right_ankle"], 0] > 0.4   # spread, not crossed
+    v = posed.vertices[0]
+    centre = ((v.min(0).values + v.max(0).values) / 2).numpy()
+    cam = orbit_camera(centre, 0.0, 0.0, 0.0, 3.0, 150.0, 96, 96)      # the whole body, 2 cm a pixel
+    cfg = avatar.render_cfg
+    renders = {}
+    try:
+        with torch.no_grad():
+            for name, change in {"off": dict(skin_consistency=0.0), "on": dict(skin_consistency=0.03),
+                                 "hung": dict(skin_consistency=0.03, hang_from_pelvis=True)}.items():
+                avatar.render_cfg = dataclasses.replace(cfg, **change)
+                renders[name] = avatar.render(cam, pose, transl)
+    finally:
+        avatar.render_cfg = cfg
+    off, on, hung = renders["off"], renders["on"], renders["hung"]
+    # the gap: below the crotch, between the knees, 2 px or more from the body model
+    K, R, t = camera_tensors(cam)
+    uv = project(torch.as_tensor(joints)[None], K, R, t)[0][0].numpy()
+    crotch_v = uv[JOINT_INDEX["pelvis"], 1]
+    knees_u = sorted(uv[[JOINT_INDEX["left_knee"], JOINT_INDEX["right_knee"]], 0])
+    rows, cols = np.mgrid[0:96, 0:96] + 0.5
+    beside = torch.as_tensor(cv2.dilate(off.body_mask.numpy().astype(np.uint8), np.ones((5, 5), np.uint8)) > 0)
+    gap = torch.as_tensor((rows > crotch_v + 4) & (cols > knees_u[0]) & (cols < knees_u[1])) & ~beside
+    assert gap.sum() >= 300
+    assert (off.alpha[gap] > 0.5).sum() >= 20                 # the ghost
+    assert (on.alpha[gap] > 0.5).sum() <= 2 and on.alpha[gap].mean() < 0.2 * off.alpha[gap].mean()
+    assert (hung.alpha[gap] > 0.5).sum() >= 20                # kept, moved with the pelvis
+    core = torch.as_tensor(cv2.erode(off.body_mask.numpy().astype(np.uint8), np.ones((5, 5), np.uint8)) > 0)
+    for r in (on, hung):
+        assert r.alpha[core].mean() > 0.97 and (r.alpha[core] - off.alpha[core]).abs().mean() < 0.01
 
 
 def test_a_second_band_sees_the_body_behind_a_faint_surface(body_shaped, open_body):
@@ -505,6 +556,10 @@ def test_clothing_beyond_the_body_gets_room_and_starts_occupied(open_body, subje
     cfg = widened_for(quick(), 0.2)
     assert cfg.render.margin == pytest.approx(0.22) and cfg.stage_b.clothing_margin == pytest.approx(0.2)
     assert widened_for(quick(), 0.01) == quick()           # never narrower than the preset
+    # clothing past the tight allowance: the skinning round trip's lost samples hang from the pelvis
+    from backend.avatar.clothing import hang_for
+    assert hang_for(quick(), clothing).render.hang_from_pelvis
+    assert hang_for(quick(), None) == quick() and not quick().render.hang_from_pelvis
     torch.manual_seed(0)
     avatar = Avatar(open_body, s["betas"], quick().field, quick().motion, quick().render)
     grey = np.full((open_body.num_vertices, 3), 0.5, np.float32)
@@ -536,6 +591,7 @@ def test_a_fit_with_room_for_clothing_keeps_it_in_its_file_and_resumes_with_it(o
     on_disk = load_avatar(tmp_path / "a.avatar", open_body)
     assert on_disk.config.render.margin == pytest.approx(max(cfg.render.margin, reach + 0.02), abs=1e-4)
     assert on_disk.config.stage_b.clothing_margin == pytest.approx(reach, abs=1e-4)
+    assert on_disk.config.render.hang_from_pelvis and part.report["hang_from_pelvis"]   # the file's renders too
     done = fit_avatar(*args, cfg, log=logs.append)
     assert done.record.stage == "done" and done.record.config == on_disk.config
     assert done.report["clothing_reach_m"] == reach

@@ -17,6 +17,7 @@ from backend.avatar.skinning import (
     NonRigidOffsets,
     PoseCorrector,
     SkinningVolume,
+    apply_affine,
     apply_inverse,
     blend,
     bone_segments,
@@ -25,6 +26,11 @@ from backend.avatar.skinning import (
 from backend.body.body_model import BodyModel
 from backend.render.ray_marching import RenderConfig, Rendered, render_volume
 from shared.camera import PinholeCamera
+from shared.smpl import JOINT_INDEX
+
+# the joints that move what hangs below the waist (skinning round trip, _query)
+LOWER_BODY_JOINTS = [JOINT_INDEX[n] for n in ("pelvis", "left_hip", "right_hip", "left_knee", "right_knee",
+                                              "left_ankle", "right_ankle", "left_foot", "right_foot")]
 
 
 class Avatar(torch.nn.Module):
@@ -120,7 +126,21 @@ class Avatar(torch.nn.Module):
             w0 = torch.where(deep[:, None], nearest_bone_weights(x.detach(), transforms.detach(), *self._bones), w0)
         x0 = apply_inverse(blend(w0, transforms), x)
         x_c = apply_inverse(blend(self.skin(x0), transforms), x)
+        tolerance = self.render_cfg.skin_consistency
+        if tolerance > 0:
+            with torch.no_grad():   # which samples exist and how they map: no gradient through the test
+                there = apply_affine(blend(self.skin(x_c), transforms), x_c)
+                lost = (there - x).norm(dim=-1) > tolerance
+                hung = lost & (w0[:, LOWER_BODY_JOINTS].sum(-1) > 0.5) if self.render_cfg.hang_from_pelvis \
+                    else torch.zeros_like(lost)
+            # a sample the round trip cannot place is empty: between spread legs it would show the
+            # other leg. With loose clothing, one the legs carried moves with the pelvis instead, as
+            # skirts hang from the hips: between the rest legs it finds empty space or the hem
+            x_c = torch.where(hung[:, None], apply_inverse(transforms[:1, :3, :].expand(len(x), 3, 4), x), x_c)
         if self.nonrigid is not None:
             x_c = self.nonrigid(x_c, pose)
         with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-            return self.field(x_c)
+            density, rgb = self.field(x_c)
+        if tolerance > 0:
+            density = density * ~(lost & ~hung)
+        return density, rgb

@@ -91,6 +91,15 @@ def allowance_for(cfg: AvatarFitConfig, clothing: PhotoClothing | None) -> Avata
     return dataclasses.replace(cfg, stage_b=dataclasses.replace(b, clothing_margin=margin))
 
 
+def hang_for(cfg: AvatarFitConfig, clothing: PhotoClothing | None) -> AvatarFitConfig:
+    """The fit config whose renders move the samples the skinning round trip loses below the
+    waist with the pelvis (RenderConfig.hang_from_pelvis) when the photo shows clothing reaching
+    past the body's tight allowance: emptying them cut a skirt's hem between the legs."""
+    if clothing is None or clothing.reach <= cfg.stage_b.bare_margin:
+        return cfg
+    return dataclasses.replace(cfg, render=dataclasses.replace(cfg.render, hang_from_pelvis=True))
+
+
 def widened_for(cfg: AvatarFitConfig, reach: float) -> AvatarFitConfig:
     """The fit config with room for clothing `reach` metres past the body: the marched margin
     and the novel-view clothing allowance at least that (never narrower than the preset's)."""

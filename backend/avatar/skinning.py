@@ -68,6 +68,11 @@ def blend(weights: torch.Tensor, transforms: torch.Tensor) -> torch.Tensor:
     return (weights @ transforms[:, :3, :].reshape(NUM_JOINTS, 12)).reshape(-1, 3, 4)
 
 
+def apply_affine(affine: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """A x + b for affine (N, 3, 4) = [A | b] and points (N, 3)."""
+    return (affine[:, :, :3] @ points[:, :, None])[:, :, 0] + affine[:, :, 3]
+
+
 def apply_inverse(affine: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     """Solve A x_c + b = x for x_c, with affine (N, 3, 4) = [A | b].
 

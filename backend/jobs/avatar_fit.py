@@ -18,7 +18,7 @@ import torch
 
 from backend.avatar.avatar import Avatar
 from backend.avatar.avatar_file import AvatarRecord, load_avatar, save_avatar
-from backend.avatar.clothing import allowance_for, photo_clothing, widened_for
+from backend.avatar.clothing import allowance_for, hang_for, photo_clothing, widened_for
 from backend.avatar.config import AvatarFitConfig
 from backend.avatar.config import preset as config_preset
 from backend.avatar.optimiser import StageB, make_photo_target, new_state, run_stage_b
@@ -164,6 +164,8 @@ def fit_avatar(body: BodyModel, photo: np.ndarray, mask: np.ndarray, camera, pos
             log(f"clothing or hair reaches {100 * clothing.reach:.0f} cm past the body in the photo: "
                 "the fit makes room for it")
         report["clothing_allowance_m"] = round(cfg.stage_b.clothing_margin, 4)
+        cfg = hang_for(cfg, clothing)
+        report["hang_from_pelvis"] = cfg.render.hang_from_pelvis
         if not cfg.stage_a.clothing_fill:
             clothing = None   # it holds a float copy of the photo: not kept through the fit
         torch.manual_seed(cfg.stage_b.seed)  # the field's initial planes: a rerun gives the same avatar

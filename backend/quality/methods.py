@@ -144,6 +144,9 @@ METHODS = (
     Method("pose_correction_1", "pose correction held harder (1.0)", "the squared pose-corrector offset at the "
            "photo's pose weighted 1.0 (default 0.1)", default=False,
            change=lambda c: _losses(c, pose_correction=1.0)),
+    Method("no_skin_consistency", "w/o the skinning round trip", "no round trip: every sample keeps the "
+           "canonical point its ray's surface weights give, as before 2026-12-04 (a ghost between spread legs)",
+           default=False, change=lambda c: _set(c, "render", skin_consistency=0.0)),
     Method("sweep_photo_colour", "+ photo colours", "stage A from the photo's colours", default=False,
            change=lambda c: _photo_colour(_losses(c, holes=0.0, opacity=0.0), True)),
     Method("sweep_photo_holes", "+ photo colours + inside edge", "and ELICIT's inside edge (0.1)", default=False,

@@ -40,6 +40,16 @@ class RenderConfig:
     # body behind it. 0: one band (docs/benchmark.md has the measured difference).
     behind_samples: int = 8
     behind_front: float = 0.04
+    # metres: a sample whose canonical point, skinned forward again, lands farther than this from
+    # where it was sampled is empty. Inverse skinning with one surface's weights sends a point
+    # between spread legs into the other leg's rest volume, which then shows there as a ghost
+    # (a tail below the crotch); the round trip catches it. 0: no test (docs/benchmark.md,
+    # "A skinning round trip")
+    skin_consistency: float = 0.03
+    # ...unless the legs carried it and this is set (the fit sets it when the photo shows clothing
+    # past the body, clothing.hang_for): then it moves with the pelvis, which keeps a skirt's hem
+    # between the legs that emptying cut away
+    hang_from_pelvis: bool = False
 
 
 @dataclasses.dataclass
