@@ -352,7 +352,8 @@ def test_presets_are_typed_and_round_trip():
 def test_sampling_settings_are_config_fields_that_files_keep_and_check(tmp_path, body_shaped, subject, open_body):
     """Part- and rotation-sampling settings live in the fit config: a custom table survives the
     avatar file, a hostile one is refused before use, and a file from before they were config
-    sections (two booleans and stage_b.pitch_range) loads with the same meaning."""
+    sections (two booleans and stage_b.pitch_range) loads with the same meaning, as does one from
+    before the skinning round trip."""
     import copy
 
     avatar, _ = body_shaped
@@ -386,6 +387,11 @@ def test_sampling_settings_are_config_fields_that_files_keep_and_check(tmp_path,
     old["stage_b"]["pitch_range"] = 10.0
     upgraded = AvatarFitConfig.from_dict(old)
     assert not upgraded.parts.enabled and upgraded.rotations.enabled and upgraded.rotations.max_pitch == 10.0
+    # a file from before the skinning round trip renders as it was fitted, without it
+    assert AvatarFitConfig.from_dict(data["config"]).render.skin_consistency == 0.03
+    before = copy.deepcopy(data["config"])
+    del before["render"]["skin_consistency"], before["render"]["hang_from_pelvis"]
+    assert AvatarFitConfig.from_dict(before).render.skin_consistency == 0.0
 
 
 def test_nearest_bone_first_guess_follows_the_posed_skeleton(open_body):

@@ -113,7 +113,7 @@ class AvatarFitConfig:
 
 def _upgraded(d: dict) -> dict:
     """A config from a file written before the sampling settings were config sections
-    (two booleans and stage_b.pitch_range) in today's layout."""
+    (two booleans and stage_b.pitch_range) or before the skinning round trip, in today's layout."""
     d = dict(d)
     stage_b = dict(d.get("stage_b") or {}) if isinstance(d.get("stage_b"), dict) else d.get("stage_b")
     for old, section in (("part_sampling", "parts"), ("rotation_sampling", "rotations")):
@@ -124,6 +124,11 @@ def _upgraded(d: dict) -> dict:
         if isinstance(d.get("rotations"), dict):
             d["rotations"] = {**d["rotations"], "max_pitch": pitch}
         d["stage_b"] = stage_b
+    render = d.get("render")
+    if isinstance(render, dict) and "skin_consistency" not in render:
+        # fitted before the skinning round trip (2026-12-04): rendered as it was fitted, not
+        # with the round trip's emptied samples (which would cut an old skirt between the legs)
+        d["render"] = {**render, "skin_consistency": 0.0}
     return d
 
 
