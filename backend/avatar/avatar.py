@@ -132,15 +132,17 @@ class Avatar(torch.nn.Module):
                 there = apply_affine(blend(self.skin(x_c), transforms), x_c)
                 lost = (there - x).norm(dim=-1) > tolerance
                 hung = lost & (w0[:, LOWER_BODY_JOINTS].sum(-1) > 0.5) if self.render_cfg.hang_from_pelvis \
-                    else torch.zeros_like(lost)
+                    else None
             # a sample the round trip cannot place is empty: between spread legs it would show the
             # other leg. With loose clothing, one the legs carried moves with the pelvis instead, as
             # skirts hang from the hips: between the rest legs it finds empty space or the hem
-            x_c = torch.where(hung[:, None], apply_inverse(transforms[:1, :3, :].expand(len(x), 3, 4), x), x_c)
+            if hung is not None:
+                x_c = torch.where(hung[:, None], apply_inverse(transforms[:1, :3, :].expand(len(x), 3, 4), x), x_c)
+                lost = lost & ~hung
         if self.nonrigid is not None:
             x_c = self.nonrigid(x_c, pose)
         with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
             density, rgb = self.field(x_c)
         if tolerance > 0:
-            density = density * ~(lost & ~hung)
+            density = density * ~lost
         return density, rgb
